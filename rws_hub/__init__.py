@@ -1,0 +1,1 @@
+"""rws-hub: Robust Weight Signatures."""
