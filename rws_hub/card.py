@@ -1,0 +1,209 @@
+"""Model cards (``README.md``) generated from a model folder's ``config.json``.
+
+Nothing here is written by hand: the YAML front matter (library name, tags, datasets, license,
+and ``model-index`` with one result per measured metric) and the tables in the body come from
+``config["metrics"]`` as measured by the evaluation. The card is built with huggingface_hub's
+:class:`~huggingface_hub.ModelCardData` and :class:`~huggingface_hub.EvalResult`, so
+``huggingface_hub.ModelCard`` parses it back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+LIBRARY_NAME = "rws-hub"
+DEFAULT_LICENSE = "apache-2.0"
+
+# Readable names of the per-corruption metric keys (others are shown as they are).
+METRIC_LABELS: dict[str, str] = {
+    "clean_model": "RA, clean model",
+    "patched": "RA, patched with its signature",
+    "robust_model": "RA, robust fine-tuned model",
+    "ta_patched": "TA, patched with its signature",
+}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def model_name(config: Mapping[str, Any]) -> str:
+    """The card's model name, e.g. ``rws-cifar10-vgg16_cifar-w1.0``."""
+    if config.get("name"):
+        return str(config["name"])
+    dataset = config.get("metrics", {}).get("dataset", "cifar10")
+    width = config.get("width", 1.0)
+    return f"rws-{dataset}-{config['architecture']}-w{width}"
+
+
+def eval_results(config: Mapping[str, Any]) -> list[EvalResult]:
+    """One :class:`EvalResult` per measured number in ``config["metrics"]``.
+
+    ``ta`` becomes the clean test accuracy; each ``ra[<corruption>][<metric>]`` becomes an
+    accuracy on the corrupted test set, with the corruption as ``dataset_config`` and the
+    severity in ``dataset_args``. Non-numeric values are skipped.
+    """
+    metrics = config.get("metrics") or {}
+    dataset = str(metrics.get("dataset", "cifar10"))
+    split = str(metrics.get("split", "test"))
+    severity = metrics.get("severity", 5)
+    out: list[EvalResult] = []
+    ta = _number(metrics.get("ta"))
+    if ta is not None:
+        out.append(
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset,
+                dataset_name=f"{dataset.upper()} (clean test set)",
+                dataset_split=split,
+                metric_type="accuracy",
+                metric_name="TA (clean accuracy)",
+                metric_value=round(ta, 6),
+            )
+        )
+    for corruption, values in (metrics.get("ra") or {}).items():
+        if not isinstance(values, Mapping):
+            values = {"patched": values}
+        for key, value in values.items():
+            number = _number(value)
+            if number is None:
+                continue
+            out.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=dataset,
+                    dataset_name=f"{dataset.upper()}-C {corruption} (severity {severity})",
+                    dataset_config=str(corruption),
+                    dataset_split=split,
+                    dataset_args={"corruption": str(corruption), "severity": severity},
+                    metric_type="accuracy",
+                    metric_name=f"{METRIC_LABELS.get(key, key)} ({corruption})",
+                    metric_value=round(number, 6),
+                )
+            )
+    return out
+
+
+def card_data(config: Mapping[str, Any]) -> ModelCardData:
+    """The card's metadata (front matter) from a model folder config."""
+    metrics = config.get("metrics") or {}
+    dataset = str(metrics.get("dataset", "cifar10"))
+    tags = [
+        LIBRARY_NAME,
+        "robust-weight-signatures",
+        "corruption-robustness",
+        "image-classification",
+        "pytorch",
+        "safetensors",
+        str(config["architecture"]),
+        dataset,
+    ]
+    tags = list(dict.fromkeys(tags + list(config.get("tags", []))))
+    results = eval_results(config)
+    return ModelCardData(
+        library_name=LIBRARY_NAME,
+        license=str(config.get("license", DEFAULT_LICENSE)),
+        tags=tags,
+        datasets=[dataset],
+        metrics=["accuracy"],
+        pipeline_tag="image-classification",
+        model_name=model_name(config),
+        eval_results=results or None,
+    )
+
+
+def _pct(value: Any) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{100 * number:.2f}"
+
+
+def _body(config: Mapping[str, Any]) -> str:
+    name = model_name(config)
+    metrics = config.get("metrics") or {}
+    sigs = list(config.get("signatures", []))
+    lines = [
+        f"# {name}",
+        "",
+        "A clean backbone with **Robust Weight Signatures** (RWS): corruption robustness as small "
+        f"weight patches on the first {config.get('signature_layers', 'K')} conv layers. "
+        "Add a signature to make the model robust to its corruption, rescale it with alpha, "
+        "combine several, or take them off to restore the clean model exactly.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from rws_hub.hub import from_pretrained",
+        "from rws_hub.patching import patch",
+        "",
+        'folder = from_pretrained("<repo_id>")  # or a local model folder',
+        "model = folder.model  # float images in [0, 1], (N, 3, 32, 32); normalises inside",
+    ]
+    if sigs:
+        lines += [f'with patch(model, {{"{sigs[0]}": 1.0}}):', "    logits = model(images)"]
+    lines += ["```", ""]
+    lines += [
+        "## Model",
+        "",
+        f"- architecture: `{config['architecture']}`, width {config.get('width', 1.0)}",
+        f"- classes: {', '.join(config.get('classes', []))}",
+        f"- input: float in [0, 1], shape {config.get('input_size', [3, 32, 32])}",
+        f"- lineage (fingerprint of the pretrained model): `{config.get('lineage')}`",
+        f"- signatures ({len(sigs)}): {', '.join(f'`{s}`' for s in sigs) or 'none'}",
+        "",
+        "## Measured results",
+        "",
+    ]
+    if _number(metrics.get("ta")) is not None:
+        lines += [f"Clean test accuracy (TA): {_pct(metrics['ta'])} %", ""]
+    ra = metrics.get("ra") or {}
+    if ra:
+        keys: list[str] = []
+        for values in ra.values():
+            for k in values if isinstance(values, Mapping) else ["patched"]:
+                if k not in keys:
+                    keys.append(k)
+        lines += [
+            f"Accuracy (%) on the corrupted test set, severity {metrics.get('severity', 5)}:",
+            "",
+            "| corruption | " + " | ".join(METRIC_LABELS.get(k, k) for k in keys) + " |",
+            "| --- |" + " --- |" * len(keys),
+        ]
+        for corruption, values in ra.items():
+            if not isinstance(values, Mapping):
+                values = {"patched": values}
+            lines.append(
+                f"| {corruption} | " + " | ".join(_pct(values.get(k)) for k in keys) + " |"
+            )
+        lines.append("")
+    if not ra and _number(metrics.get("ta")) is None:
+        lines += ["No measured results recorded in config.json.", ""]
+    recipe = config.get("recipe") or {}
+    if recipe:
+        lines += ["## Recipe", ""]
+        lines += [f"- {k}: {v}" for k, v in recipe.items()]
+        lines.append("")
+    lines += [
+        "## Files",
+        "",
+        "`config.json` (architecture, metrics, recipe), `model.safetensors` (clean backbone), "
+        "`signatures/<name>.safetensors` (one per signature), optional `pretrained.safetensors` and "
+        "`detector.safetensors`, `manifest.json` (sha256 and size of every file, checked at load). "
+        "Weights are safetensors only.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def model_card(config: Mapping[str, Any]) -> str:
+    """The full ``README.md`` text: YAML front matter and a body generated from ``config``."""
+    data = card_data(config)
+    text = f"---\n{data.to_yaml()}\n---\n\n{_body(config)}"
+    ModelCard(text)  # parse back: raises if the metadata is malformed
+    return text
