@@ -1,0 +1,633 @@
+"""The serving engine: one backbone and its signatures, every image with its own mix.
+
+:class:`Engine` answers ``predict(images, mixes)`` where each image names the signatures (and
+strengths) it wants. The shared weights are never written to, so one engine serves many threads
+at once:
+
+* the engine keeps its own copy of the model in which every Conv2d/Linear that some loaded
+  signature patches becomes a *routing* layer (same parameters and names, a forward that knows
+  about groups of rows); every other layer is unchanged;
+* a ``predict`` call groups the images by mix (rows of a group made contiguous), fetches each
+  group's patched weights from an LRU cache bounded in bytes (built with
+  :func:`rws_hub.patching.patched_tensors`), and publishes that plan in a *thread-local* slot;
+* a routing layer runs its conv once per group on that group's rows with the group's weights
+  (clean rows use the base weights); the unpatched deep layers run once for the whole batch.
+
+The results equal running each image alone through a model patched in place with
+:func:`rws_hub.patching.patch`, within float tolerance. This module imports no serving framework.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rws_hub.errors import RequestError, SignatureMismatchError
+from rws_hub.mix import Mix
+from rws_hub.patching import patched_tensors
+
+if TYPE_CHECKING:
+    from rws_hub.folder import ModelFolder
+    from rws_hub.signature import Signature
+
+__all__ = ["AUTO", "Detector", "Engine", "MixLike", "default_device"]
+
+AUTO: Literal["auto"] = "auto"
+"""The mix value that asks the corruption detector to choose the signatures."""
+
+MixLike = Mix | Mapping[str, float] | Sequence[str] | str | None
+"""What ``predict`` accepts per image: a Mix, a dict, a list of names, ``"a:1,b:0.5"``,
+``None`` (clean) or ``"auto"``."""
+
+Detector = Callable[[torch.Tensor], Sequence[MixLike]]
+"""The hook for ``"auto"``: images (N, 3, H, W) in [0, 1] -> one mix per image."""
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# routing
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one forward pass routes its rows: contiguous group slices and their weights.
+
+    ``weights[g][slot]`` is ``(weight, bias)`` for routed layer ``slot`` in group ``g``, or
+    ``None`` where the group uses the layer's base weights.
+    """
+
+    bounds: tuple[tuple[int, int], ...]
+    weights: tuple[tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...], ...]
+
+
+class _RouteState(threading.local):
+    """The per-thread routing slot of one engine (``plan``); copies start empty."""
+
+    plan: _Plan | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _RouteState:
+        return _RouteState()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_RouteState, ())
+
+
+class _Routing:
+    """Mixin for Conv2d/Linear: with a plan set on this thread, run the layer once per group
+    of rows with that group's weights. The layer keeps its own parameters and names; the
+    engine turns a module into a routed one by switching its class."""
+
+    _rws_slot: int
+    _rws_state: _RouteState
+
+    def _patched_forward(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self._rws_state.plan
+        if plan is None:
+            return super().forward(x)  # type: ignore[misc]
+        single = len(plan.bounds) == 1
+        outs = []
+        for (start, stop), group in zip(plan.bounds, plan.weights, strict=True):
+            rows = x if single else x[start:stop]
+            patched = group[self._rws_slot]
+            if patched is None:
+                outs.append(super().forward(rows))  # type: ignore[misc]
+            else:
+                outs.append(self._patched_forward(rows, patched[0], patched[1]))
+        return outs[0] if single else torch.cat(outs)
+
+
+class _RoutedConv2d(_Routing, nn.Conv2d):
+    def _patched_forward(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self._conv_forward(x, w, b)
+
+
+class _RoutedLinear(_Routing, nn.Linear):
+    def _patched_forward(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+
+def _route(module: nn.Module, slot: int, state: _RouteState) -> None:
+    """Make ``module`` (a Conv2d or Linear, or an already routed one) a routed layer."""
+    if isinstance(module, nn.Conv2d) and type(module) in (nn.Conv2d, _RoutedConv2d):
+        module.__class__ = _RoutedConv2d
+    elif isinstance(module, nn.Linear) and type(module) in (nn.Linear, _RoutedLinear):
+        module.__class__ = _RoutedLinear
+    else:
+        raise SignatureMismatchError(
+            f"cannot route a {type(module).__name__}; the engine routes plain Conv2d and "
+            "Linear layers"
+        )
+    module._rws_slot = slot
+    module._rws_state = state
+
+
+# --------------------------------------------------------------------------------------------
+# weight cache
+
+
+class _WeightCache:
+    """LRU of per-mix patched weights, bounded in bytes; thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[Mix, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Mix) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: Mix, value: Any, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return  # would evict everything and still not fit
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (value, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes:
+                _, (_, freed) = self._entries.popitem(last=False)
+                self._bytes -= freed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def info(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "entries": len(self._entries),
+                "bytes": self._bytes,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
+
+
+# --------------------------------------------------------------------------------------------
+# the engine
+
+
+def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+class Engine:
+    """One backbone plus its loaded signatures on one device; per-image mixes in one batch.
+
+    Args:
+        model: the clean backbone (theta_std). It takes float images in [0, 1] and must be a
+            feed-forward network whose patched layers see the batch along dim 0 (true for the
+            zoo's models). The engine works on its own copy (``copy=False`` adopts ``model``;
+            the engine then only ever reads its tensors).
+        signatures: the signatures to serve, ``{name: Signature}`` or a sequence.
+        classes: class names in index order (default ``"0"``, ``"1"``, ...).
+        device: where to run (default: CUDA when available, else CPU).
+        dtype: compute precision (default float32). ``torch.float16`` / ``torch.bfloat16`` are
+            meant for GPUs; patched weights are always built in float32, then cast.
+        cache_bytes: bound of the LRU cache of per-mix patched weights.
+        max_alpha: largest ``|alpha|`` a mix may use (``None``: no bound).
+        allow_negative: accept negative alphas (taking a signature off a patched base).
+        detector: the hook behind the ``"auto"`` mix (see :data:`Detector`).
+        input_size: the (H, W) the model expects; informs request parsing.
+        name: a display name (e.g. the model folder's).
+        copy: copy ``model`` (default) or adopt it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        signatures: Mapping[str, Signature] | Sequence[Signature] = (),
+        *,
+        classes: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        cache_bytes: int = 256 << 20,
+        max_alpha: float | None = None,
+        allow_negative: bool = False,
+        detector: Detector | None = None,
+        input_size: tuple[int, int] = (32, 32),
+        name: str = "model",
+        copy: bool = True,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or torch.float32
+        if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, not {self.dtype}")
+        if self.dtype == torch.float16 and self.device.type == "cpu":
+            raise ValueError("float16 is for GPUs; use float32 or bfloat16 on the CPU")
+        self.name = name
+        self.max_alpha = max_alpha
+        self.allow_negative = allow_negative
+        self.detector = detector
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.refused: dict[str, str] = {}
+        self.config: dict[str, Any] = {}
+
+        sigs = (
+            dict(signatures) if isinstance(signatures, Mapping) else {s.name: s for s in signatures}
+        )
+        self._signatures: dict[str, Signature] = sigs
+        self._defaults = {n: float(getattr(s, "default_alpha", 1.0)) for n, s in sigs.items()}
+
+        model = _copy_model(model) if copy else model
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        state = dict(model.state_dict(keep_vars=True))
+
+        out = _output_features(model)
+        self.classes: list[str] = (
+            list(classes) if classes is not None else [str(i) for i in range(out or 0)]
+        )
+
+        # Which modules do the signatures touch? Each gets a routing slot.
+        touched: set[str] = set()
+        for sig in sigs.values():
+            for tname, delta in sig.tensors.items():
+                if tname not in state:
+                    raise SignatureMismatchError(
+                        f"signature {sig.name!r} patches {tname!r}, which the model does not have"
+                    )
+                if tuple(delta.shape) != tuple(state[tname].shape):
+                    raise SignatureMismatchError(
+                        f"signature {sig.name!r}: {tname} has shape {tuple(delta.shape)}, "
+                        f"the model's is {tuple(state[tname].shape)}"
+                    )
+                touched.add(tname)
+        modules = dict(model.named_modules())
+        slot_of: dict[str, int] = {}
+        self._slots: list[str] = []  # module name per slot, forward (definition) order
+        for tname in touched:
+            mname, _, attr = tname.rpartition(".")
+            module = modules.get(mname)
+            if not isinstance(module, (nn.Conv2d, nn.Linear)) or attr not in ("weight", "bias"):
+                raise SignatureMismatchError(
+                    f"signatures patch {tname!r}; the engine routes the weight and bias of "
+                    "Conv2d and Linear layers only"
+                )
+        for mname in modules:
+            names = {f"{mname}.weight", f"{mname}.bias"}
+            if not names & touched:
+                continue
+            slot_of[mname] = len(self._slots)
+            self._slots.append(mname)
+        self._state = _RouteState()
+        for mname, slot in slot_of.items():
+            _route(modules[mname], slot, self._state)
+
+        # Float32 bases of the patched tensors (the module's own tensors when float32) and the
+        # deltas, on the engine's device.
+        self._base: dict[str, torch.Tensor] = {
+            t: state[t].detach().to(torch.float32) for t in sorted(touched)
+        }
+        self._device_sigs: dict[str, Signature] = {
+            n: s.to(self.device, torch.float32) for n, s in sigs.items()
+        }
+        self._cache = _WeightCache(cache_bytes)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path | ModelFolder,
+        *,
+        device: str | torch.device | None = None,
+        signatures: Any = "all",
+        **kwargs: Any,
+    ) -> Engine:
+        """An engine for a model folder (a path, or a loaded :class:`ModelFolder`).
+
+        ``signatures`` selects what to load (see ``ModelFolder.load``); other keyword
+        arguments go to :class:`Engine`. The folder's ``refused`` files are kept in
+        :attr:`refused`.
+        """
+        from rws_hub.folder import ModelFolder
+
+        dev = torch.device(device) if device is not None else default_device()
+        if not isinstance(folder, ModelFolder):
+            folder = ModelFolder.load(folder, device=dev, signatures=signatures)
+        config = folder.config
+        size = config.get("input_size", [3, 32, 32])
+        kwargs.setdefault("classes", list(config["classes"]))
+        kwargs.setdefault("input_size", (int(size[-2]), int(size[-1])))
+        kwargs.setdefault("name", folder.path.name if folder.path else "model")
+        engine = cls(folder.model, folder.signatures, device=dev, copy=False, **kwargs)
+        engine.refused = dict(folder.refused)
+        engine.config = dict(config)
+        return engine
+
+    # -- information ----------------------------------------------------------------------
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """The loaded signatures by name (read-only view)."""
+        return dict(self._signatures)
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Default alpha of each loaded signature (used for mixes given as lists of names)."""
+        return dict(self._defaults)
+
+    @property
+    def patched_layers(self) -> list[str]:
+        """Names of the routed (patchable) modules, forward order."""
+        return list(self._slots)
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata of the engine and every signature (for ``?customized=true`` and UIs)."""
+        sigs = []
+        for name, sig in self._signatures.items():
+            entry: dict[str, Any] = {
+                "name": name,
+                "default_alpha": self._defaults[name],
+                "tensors": sorted(sig.tensors),
+                "parameters": int(sum(t.numel() for t in sig.tensors.values())),
+            }
+            for key in ("kind", "layers", "architecture", "lineage", "quantization", "provenance"):
+                value = getattr(sig, key, None)
+                if value is not None:
+                    entry[key] = _jsonable(value)
+            sigs.append(entry)
+        return {
+            "model": self.name,
+            "classes": list(self.classes),
+            "input_size": list(self.input_size),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_alpha": self.max_alpha,
+            "allow_negative": self.allow_negative,
+            "auto": self.detector is not None,
+            "patched_layers": self.patched_layers,
+            "signatures": sigs,
+            "refused": dict(self.refused),
+        }
+
+    def cache_info(self) -> dict[str, int]:
+        """Entries, bytes, bound, hits and misses of the patched-weight cache."""
+        return self._cache.info()
+
+    def clear_cache(self) -> None:
+        """Drop every cached patched weight."""
+        self._cache.clear()
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes the engine holds: ``backbone`` (parameters and buffers), ``signatures`` (the
+        deltas), ``bases`` (float32 copies of patched tensors, only when dtype is reduced),
+        ``cache`` (patched weights) and ``total``."""
+        backbone = list(self.model.parameters()) + list(self.model.buffers())
+        bb = _tensor_bytes(backbone)
+        own = {t.untyped_storage().data_ptr() for t in backbone}
+        bases = [t for t in self._base.values() if t.untyped_storage().data_ptr() not in own]
+        deltas = [t for s in self._device_sigs.values() for t in s.tensors.values()]
+        out = {
+            "backbone": bb,
+            "signatures": _tensor_bytes(deltas),
+            "bases": _tensor_bytes(bases) if bases else 0,
+            "cache": self._cache.info()["bytes"],
+        }
+        out["total"] = sum(out.values())
+        return out
+
+    # -- mixes ----------------------------------------------------------------------------
+
+    def parse_mix(self, obj: MixLike) -> Mix | Literal["auto"]:
+        """Validate one mix against the loaded signatures and limits.
+
+        Returns a :class:`Mix` (zero alphas dropped), or ``"auto"``. Raises
+        :class:`InvalidMixError` naming the problem (unknown names list the known ones).
+        """
+        if isinstance(obj, str) and obj.strip().lower() == AUTO:
+            return AUTO
+        mix = Mix.parse(
+            obj,
+            known=self._signatures.keys(),
+            defaults=self._defaults,
+            max_alpha=self.max_alpha,
+            allow_negative=self.allow_negative,
+        )
+        if any(a == 0.0 for a in mix.values()):
+            mix = Mix({n: a for n, a in mix.items() if a != 0.0})
+        return mix
+
+    def _resolve(self, images: torch.Tensor, mixes: Sequence[MixLike]) -> list[Mix]:
+        parsed = [self.parse_mix(m) for m in mixes]
+        auto = [i for i, m in enumerate(parsed) if m == AUTO]
+        if auto:
+            if self.detector is None:
+                raise RequestError(
+                    '"auto" needs a corruption detector, and this model has none loaded; '
+                    "name the signatures instead",
+                    400,
+                )
+            chosen = self.detector(images[auto])
+            if len(chosen) != len(auto):
+                raise RuntimeError("the detector returned a different number of mixes")
+            for i, m in zip(auto, chosen, strict=True):
+                resolved = self.parse_mix(m)
+                if not isinstance(resolved, Mix):
+                    raise RuntimeError("the detector answered 'auto'")
+                parsed[i] = resolved
+        return parsed  # type: ignore[return-value]
+
+    # -- weights --------------------------------------------------------------------------
+
+    def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...]:
+        """Per routed slot, the patched (weight, bias) of ``mix``, or None for base weights."""
+        cached = self._cache.get(mix)
+        if cached is not None:
+            return cached
+        patched = patched_tensors(self._base, mix, signatures=self._device_sigs, force=True)
+        slots: list[tuple[torch.Tensor, torch.Tensor | None] | None] = []
+        nbytes = 0
+        for mname in self._slots:
+            wname, bname = f"{mname}.weight", f"{mname}.bias"
+            if wname not in patched and bname not in patched:
+                slots.append(None)
+                continue
+            module = self.model.get_submodule(mname)
+            w = patched.get(wname)
+            b = patched.get(bname)
+            w = module.weight if w is None else w.to(self.dtype)
+            b = module.bias if b is None else b.to(self.dtype)
+            slots.append((w, b))
+            nbytes += sum(
+                t.numel() * t.element_size()
+                for t, n in ((w, wname), (b, bname))
+                if t is not None and n in patched
+            )
+        value = tuple(slots)
+        self._cache.put(mix, value, nbytes)
+        return value
+
+    # -- inference ------------------------------------------------------------------------
+
+    def predict(
+        self, images: torch.Tensor, mixes: Sequence[MixLike] | MixLike = None
+    ) -> torch.Tensor:
+        """Logits (N, classes), float32, on the engine's device.
+
+        Args:
+            images: float (N, 3, H, W) in [0, 1] (any device; moved to the engine's).
+            mixes: one mix per image (see :data:`MixLike`), or a single mix for all of them.
+
+        Raises:
+            InvalidMixError: a mix is invalid (nothing ran).
+            RequestError: ``"auto"`` without a detector (status 400).
+            ValueError: ``images`` is not (N, C, H, W) or the counts differ.
+        """
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
+        n = images.shape[0]
+        if mixes is None or isinstance(mixes, (str, Mapping)):
+            mixes = [mixes] * n
+        if len(mixes) != n:
+            raise ValueError(f"{n} images but {len(mixes)} mixes")
+        x = images.to(self.device, self.dtype)
+        if n == 0:
+            return torch.empty(0, len(self.classes), device=self.device)
+        resolved = self._resolve(x, mixes)
+
+        # Group rows by mix; make every group contiguous (stable order).
+        group_of: dict[Mix, int] = {}
+        ids = [group_of.setdefault(m, len(group_of)) for m in resolved]
+        keys = list(group_of)
+        if len(keys) == 1 and keys[0].is_empty:
+            plan = None
+            perm = None
+        else:
+            order = sorted(range(n), key=ids.__getitem__)
+            counts = [0] * len(keys)
+            for g in ids:
+                counts[g] += 1
+            bounds, start = [], 0
+            for c in counts:
+                bounds.append((start, start + c))
+                start += c
+            weights = tuple(
+                tuple([None] * len(self._slots)) if k.is_empty else self._patched(k) for k in keys
+            )
+            plan = _Plan(tuple(bounds), weights)
+            perm = None if order == list(range(n)) else torch.tensor(order, device=self.device)
+            if perm is not None:
+                x = x.index_select(0, perm)
+
+        self._state.plan = plan
+        try:
+            with torch.inference_mode():
+                out = self.model(x)
+        finally:
+            self._state.plan = None
+        out = out.float()
+        if perm is not None:
+            unsorted = torch.empty_like(out)
+            unsorted[perm] = out
+            out = unsorted
+        return out
+
+    def classify(
+        self,
+        images: torch.Tensor,
+        mixes: Sequence[MixLike] | MixLike = None,
+        top_k: int | Sequence[int] = 5,
+    ) -> list[dict[str, Any]]:
+        """Top-k answers, one dict per image:
+        ``{"predictions": [{"class": name, "probability": p}, ...], "mix": {name: alpha}}``.
+
+        ``top_k`` is one int or one per image (each clipped to the number of classes). For
+        ``"auto"`` rows the mix is the one the detector chose and ``"auto": True`` is added.
+        """
+        n = images.shape[0]
+        if mixes is None or isinstance(mixes, (str, Mapping)):
+            mixes = [mixes] * n
+        ks = [int(top_k)] * n if isinstance(top_k, int) else [int(k) for k in top_k]
+        if len(ks) != n:
+            raise ValueError(f"{n} images but {len(ks)} top_k values")
+        resolved = self._resolve(images, mixes)
+        logits = self.predict(images, resolved)
+        probs = torch.softmax(logits, dim=1).cpu()
+        kmax = max(1, min(max(ks, default=1), probs.shape[1]))
+        values, indices = probs.topk(kmax, dim=1)
+        answers = []
+        for i in range(n):
+            k = max(1, min(ks[i], probs.shape[1]))
+            preds = [
+                {"class": self.classes[int(j)], "probability": float(p)}
+                for p, j in zip(values[i, :k].tolist(), indices[i, :k].tolist(), strict=True)
+            ]
+            answer: dict[str, Any] = {"predictions": preds, "mix": dict(resolved[i])}
+            if isinstance(mixes[i], str) and mixes[i].strip().lower() == AUTO:
+                answer["auto"] = True
+            answers.append(answer)
+        return answers
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` with cloned tensors (the caller's model is untouched)."""
+    return copy.deepcopy(model)
+
+
+def _output_features(model: nn.Module) -> int | None:
+    """Output width of the model's last Linear layer (its class count), if it has one."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last.out_features if last is not None else None
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` made JSON-serialisable (numbers, strings, lists, dicts; others as str)."""
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
