@@ -45,8 +45,8 @@ class ZooSpec:
     width: float = 0.5
     pretrain_epochs: float = 8
     pretrain_lr: float = 0.05
-    clean_epochs: float = 1.0
-    robust_epochs: float = 0.5
+    clean_epochs: float = 0.5
+    robust_epochs: float = 0.3
     finetune_lr: float = 0.01
     finetune_schedule: str = "cosine"
     corrupt_fraction: float = 0.5  # share of each fine-tuning batch that is corrupted
@@ -55,7 +55,7 @@ class ZooSpec:
     layers: int = 7
     quantization: str = "int8"  # fp32 | int8 | int4 | log8
     eval_limit: int | None = 2000  # test images (None = the whole test set)
-    jobs: int = 1  # fine-tuning runs in parallel (one CPU thread each)
+    jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
     seed: int = 0
 
     # --- run configurations -------------------------------------------------------------
