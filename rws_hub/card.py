@@ -18,13 +18,29 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 LIBRARY_NAME = "rws-hub"
 DEFAULT_LICENSE = "apache-2.0"
 
-# Readable names of the per-corruption metric keys (others are shown as they are).
+# Readable names of the per-corruption metric keys (others are shown as they are). Keys
+# ending in "_ta" are measured on the clean test set, the others on the corrupted one.
 METRIC_LABELS: dict[str, str] = {
-    "clean_model": "RA, clean model",
-    "patched": "RA, patched with its signature",
-    "robust_model": "RA, robust fine-tuned model",
-    "ta_patched": "TA, patched with its signature",
+    "backbone_ra": "RA, clean backbone",
+    "patched_ra": "RA, patched with its signature",
+    "patched_ta": "TA, patched with its signature",
+    "robust_model_ra": "RA, robust fine-tuned model",
+    "robust_model_ta": "TA, robust fine-tuned model",
 }
+
+
+def clean_accuracy(metrics: Mapping[str, Any]) -> Any:
+    """The backbone's TA from a config's ``metrics`` (``clean_accuracy``; ``ta`` also read)."""
+    return metrics.get("clean_accuracy", metrics.get("ta"))
+
+
+def per_corruption(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{corruption: {metric: value}}`` from a config's ``metrics`` (``corruptions``; ``ra``
+    also read; a bare number counts as ``patched_ra``)."""
+    table = metrics.get("corruptions", metrics.get("ra")) or {}
+    return {
+        str(c): dict(v) if isinstance(v, Mapping) else {"patched_ra": v} for c, v in table.items()
+    }
 
 
 def _number(value: Any) -> float | None:
@@ -46,16 +62,18 @@ def model_name(config: Mapping[str, Any]) -> str:
 def eval_results(config: Mapping[str, Any]) -> list[EvalResult]:
     """One :class:`EvalResult` per measured number in ``config["metrics"]``.
 
-    ``ta`` becomes the clean test accuracy; each ``ra[<corruption>][<metric>]`` becomes an
-    accuracy on the corrupted test set, with the corruption as ``dataset_config`` and the
-    severity in ``dataset_args``. Non-numeric values are skipped.
+    ``clean_accuracy`` becomes the clean test accuracy; each
+    ``corruptions[<corruption>][<metric>]`` an accuracy on the corrupted test set (or, for
+    ``*_ta`` keys, on the clean test set with that corruption's signature or robust model),
+    with the corruption as ``dataset_config`` and the severity in ``dataset_args``.
+    Non-numeric values are skipped.
     """
     metrics = config.get("metrics") or {}
     dataset = str(metrics.get("dataset", "cifar10"))
     split = str(metrics.get("split", "test"))
     severity = metrics.get("severity", 5)
     out: list[EvalResult] = []
-    ta = _number(metrics.get("ta"))
+    ta = _number(clean_accuracy(metrics))
     if ta is not None:
         out.append(
             EvalResult(
@@ -68,18 +86,18 @@ def eval_results(config: Mapping[str, Any]) -> list[EvalResult]:
                 metric_value=round(ta, 6),
             )
         )
-    for corruption, values in (metrics.get("ra") or {}).items():
-        if not isinstance(values, Mapping):
-            values = {"patched": values}
+    for corruption, values in per_corruption(metrics).items():
         for key, value in values.items():
             number = _number(value)
             if number is None:
                 continue
+            on_clean = key.endswith("_ta")
+            where = "clean test set" if on_clean else f"severity {severity}"
             out.append(
                 EvalResult(
                     task_type="image-classification",
                     dataset_type=dataset,
-                    dataset_name=f"{dataset.upper()}-C {corruption} (severity {severity})",
+                    dataset_name=f"{dataset.upper()}-C {corruption} ({where})",
                     dataset_config=str(corruption),
                     dataset_split=split,
                     dataset_args={"corruption": str(corruption), "severity": severity},
@@ -160,29 +178,27 @@ def _body(config: Mapping[str, Any]) -> str:
         "## Measured results",
         "",
     ]
-    if _number(metrics.get("ta")) is not None:
-        lines += [f"Clean test accuracy (TA): {_pct(metrics['ta'])} %", ""]
-    ra = metrics.get("ra") or {}
+    ta = clean_accuracy(metrics)
+    if _number(ta) is not None:
+        lines += [f"Clean test accuracy (TA) of the backbone: {_pct(ta)} %", ""]
+    ra = per_corruption(metrics)
     if ra:
-        keys: list[str] = []
-        for values in ra.values():
-            for k in values if isinstance(values, Mapping) else ["patched"]:
-                if k not in keys:
-                    keys.append(k)
+        keys = list(dict.fromkeys(k for values in ra.values() for k in values))
+        n = metrics.get("test_images")
         lines += [
-            f"Accuracy (%) on the corrupted test set, severity {metrics.get('severity', 5)}:",
+            f"Accuracy (%) per corruption, severity {metrics.get('severity', 5)}"
+            + (f", {n} test images" if n else "")
+            + " (RA: on the corrupted test set; TA: on the clean one):",
             "",
             "| corruption | " + " | ".join(METRIC_LABELS.get(k, k) for k in keys) + " |",
             "| --- |" + " --- |" * len(keys),
         ]
         for corruption, values in ra.items():
-            if not isinstance(values, Mapping):
-                values = {"patched": values}
             lines.append(
                 f"| {corruption} | " + " | ".join(_pct(values.get(k)) for k in keys) + " |"
             )
         lines.append("")
-    if not ra and _number(metrics.get("ta")) is None:
+    if not ra and _number(ta) is None:
         lines += ["No measured results recorded in config.json.", ""]
     recipe = config.get("recipe") or {}
     if recipe:

@@ -18,11 +18,11 @@ Layout (every path relative to the folder)::
 - ``lineage``: ``rws_hub.lineage.fingerprint`` of theta_pre; every signature must carry it;
 - ``signature_layers``: K, the number of shallow conv layers the signatures patch;
 - ``signatures``: names of the signatures shipped in ``signatures/`` (in display order);
-- ``metrics``: measured results, free-form but read by ``rws_hub.card`` as
-  ``{"dataset": "cifar10", "severity": 5, "ta": <float>,
-  "ra": {<corruption>: {<metric>: <float>, ...}}}`` where the per-corruption metrics are e.g.
-  ``"clean_model"`` (RA of theta_std), ``"patched"`` (RA with the corruption's signature at its
-  default alpha), ``"robust_model"`` (RA of theta_c), ``"ta_patched"``; accuracies in [0, 1];
+- ``metrics``: measured results (written by the zoo's evaluation, read by ``rws_hub.card``):
+  ``{"dataset": "cifar10", "test_images": <int>, "severity": 5, "clean_accuracy": <TA>,
+  "corruptions": {<corruption>: {"backbone_ra", "patched_ra", "patched_ta",
+  "robust_model_ra", "robust_model_ta"}}}``, accuracies in [0, 1];
+- ``default_signatures`` (optional): the signatures a server loads by default;
 - ``recipe``: how the weights were trained (free-form dict);
 - ``detector`` (optional): the detector's own config.
 
@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
@@ -452,14 +453,19 @@ def save_model_folder(
     ``signature_layers`` (from the signatures), ``metrics`` and ``recipe`` (empty). ``lineage`` is
     taken from ``config``, else the fingerprint of ``pretrained``, else the signatures; all must
     agree. The backbone must fit the config (checked by rebuilding it). ``card`` defaults to
-    :func:`rws_hub.card.model_card` of the final config. An existing non-empty folder is
-    refused unless ``overwrite`` (which replaces the whole folder).
+    :func:`rws_hub.card.model_card` of the final config.
+
+    The folder is written next to ``path`` and swapped in when complete. An existing model
+    folder at ``path`` is replaced as a whole; any other non-empty directory is refused unless
+    ``overwrite``.
     """
     root = Path(path)
     if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root}: exists and is not empty (pass overwrite=True)")
-        shutil.rmtree(root)
+        is_folder = (root / CONFIG_FILE).is_file() or (root / MANIFEST_FILE).is_file()
+        if not (overwrite or is_folder):
+            raise FileExistsError(
+                f"{root}: exists, is not empty and is not a model folder (pass overwrite=True)"
+            )
     sigs = list(signatures.values()) if isinstance(signatures, Mapping) else list(signatures)
     names = [s.name for s in sigs]
     if len(set(names)) != len(names):
@@ -521,7 +527,10 @@ def save_model_folder(
     ]  # fmt: skip
     cfg = {k: cfg[k] for k in order if k in cfg} | {k: v for k, v in cfg.items() if k not in order}
 
-    root.mkdir(parents=True, exist_ok=True)
+    final, root = root, root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
     save_file(model_sd, str(root / MODEL_FILE), metadata={"format": "pt"})
     if pre_sd is not None:
         save_file(pre_sd, str(root / PRETRAINED_FILE), metadata={"format": "pt"})
@@ -540,7 +549,15 @@ def save_model_folder(
     for rel in _listed_candidates(root):
         (root / rel).chmod(0o644)  # some writers create 0600 temp files; a folder is shared
     write_manifest(root)
-    return root
+    # Swap the complete folder in, so readers never see a half-written one.
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        root.rename(final)
+        shutil.rmtree(old)
+    else:
+        root.rename(final)
+    return final
 
 
 def _listed_candidates(root: Path) -> list[str]:

@@ -52,12 +52,14 @@ def tiny_parts(seed: int = 0, names: tuple[str, ...] = NAMES):
 
 
 def tiny_metrics(names: tuple[str, ...] = NAMES) -> dict:
+    """Metrics in the form the zoo's export writes (numbers made up for the fixture)."""
     return {
         "dataset": "cifar10",
+        "test_images": 100,
         "severity": 5,
-        "ta": 0.91,
-        "ra": {
-            n: {"clean_model": 0.4 + 0.01 * i, "patched": 0.7 + 0.01 * i}
+        "clean_accuracy": 0.91,
+        "corruptions": {
+            n: {"backbone_ra": 0.4 + 0.01 * i, "patched_ra": 0.7 + 0.01 * i, "patched_ta": 0.88}
             for i, n in enumerate(names)
         },
     }

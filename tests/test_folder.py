@@ -57,7 +57,7 @@ def test_round_trip(built: Path) -> None:
     cfg = mf.config
     assert cfg["format_version"] == 1 and cfg["input_size"] == [3, 32, 32]
     assert cfg["lineage"] == sigs[0].lineage and cfg["signature_layers"] == 2
-    assert cfg["signatures"] == list(NAMES) and cfg["metrics"]["ta"] == 0.91
+    assert cfg["signatures"] == list(NAMES) and cfg["metrics"]["clean_accuracy"] == 0.91
     assert not mf.model.training
     assert mf.model.rws_signatures is mf.signatures
     assert mf.model.rws_lineage == cfg["lineage"] and mf.model.rws_config is cfg
@@ -183,10 +183,15 @@ def test_save_refuses_inconsistent_parts(tmp_path: Path) -> None:
         save_model_folder(
             tmp_path / "b", model=clean, config={**cfg, "width": 0.25}, pretrained=pre
         )
-    out = save_model_folder(tmp_path / "c", model=clean, config=cfg, signatures=sigs)
-    with pytest.raises(FileExistsError):
-        save_model_folder(out, model=clean, config=cfg, signatures=sigs)
-    save_model_folder(out, model=clean, config=cfg, signatures=sigs[:1], overwrite=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "data.txt").write_text("not a model folder")
+    with pytest.raises(FileExistsError, match="not a model folder"):
+        save_model_folder(tmp_path / "c", model=clean, config=cfg, signatures=sigs)
+    out = save_model_folder(tmp_path / "d", model=clean, config=cfg, signatures=sigs)
+    # an existing model folder is replaced as a whole (no stale signature files)
+    save_model_folder(out, model=clean, config=cfg, signatures=sigs[:1])
+    assert sorted(p.name for p in (out / "signatures").iterdir()) == [f"{sigs[0].name}.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]
     mf = ModelFolder.load(out)
     assert mf.signature_names() == [sigs[0].name] and mf.refused == {}
     assert not mf.has_pretrained()
