@@ -157,7 +157,15 @@ class ZooBuilder:
 
     def robust(self, corruptions: list[str] | None = None) -> list[Path]:
         names = corruptions or self.spec.corruptions
-        configs = [self.spec.robust_config(c) for c in names]
+        return self._train_all([self.spec.robust_config(c) for c in names])
+
+    def finetune(self) -> list[Path]:
+        """The clean and every robust fine-tuning, sharing the ``jobs`` parallel workers."""
+        configs = [self.spec.clean_config()]
+        configs += [self.spec.robust_config(c) for c in self.spec.corruptions]
+        return self._train_all(configs)
+
+    def _train_all(self, configs: list[TrainConfig]) -> list[Path]:
         if self.spec.jobs <= 1:
             return [train(c, resume=True, progress=self.progress) for c in configs]
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -211,6 +219,7 @@ class ZooBuilder:
         from rws_hub.data import load_images
         from rws_hub.evaluation import OWN, accuracy, evaluate
 
+        torch.set_num_threads(os.cpu_count() or 1)
         path = self.work / "eval.json"
         results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         test = load_images(self.spec.data, "test").subset(self.spec.eval_limit)
@@ -287,5 +296,9 @@ class ZooBuilder:
     def run(self, steps: tuple[str, ...] = STEPS) -> None:
         """Run the given steps in pipeline order."""
         for step in STEPS:
-            if step in steps:
+            if step == "robust" and "clean" in steps:
+                continue  # ran together with the clean fine-tuning
+            if step == "clean" and "robust" in steps:
+                self.finetune()
+            elif step in steps:
                 getattr(self, step)()
