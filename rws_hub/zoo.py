@@ -46,7 +46,7 @@ class ZooSpec:
     pretrain_epochs: float = 8
     pretrain_lr: float = 0.05
     clean_epochs: float = 0.5
-    robust_epochs: float = 0.25
+    robust_epochs: float = 0.4
     finetune_lr: float = 0.01
     finetune_schedule: str = "cosine"
     corrupt_fraction: float = 0.5  # share of each fine-tuning batch that is corrupted
