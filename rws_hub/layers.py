@@ -7,8 +7,10 @@ first ``k`` convolution layers (the published default for VGG-16 is ``k = 7``).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +72,10 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _names_for(module_name: str, module: nn.Module) -> list[str]:
     prefix = f"{module_name}." if module_name else ""
     names = [prefix + "weight"]
@@ -98,10 +104,12 @@ def shallow_params(
       first call; conv modules the forward pass never calls come last, in registration order.
       ResNet downsample (1x1 shortcut) convs count where forward calls them. If neither probe
       runs (a model that does not take images), registration order is used, with a warning.
-    * **State dict or .safetensors path** (no code to run): the registration order of the
-      4-D tensors whose name ends in ``.weight``, each followed by ``<prefix>.bias`` when the
-      state dict has it. For torchvision VGG and ResNet and this project's models that is the
-      forward order too.
+    * **State dict or .safetensors path** (no code to run): the registration order (the
+      mapping's key order) of the 4-D tensors whose name ends in ``.weight``, each followed by
+      ``<prefix>.bias`` when the state dict has it. Keys in plain lexicographic order (as
+      ``safetensors.torch.load_file`` returns them) are put in natural order instead
+      (``features.2`` before ``features.10``). For torchvision VGG and ResNet and this
+      project's models both give the forward order.
 
     Raises ``ValueError`` when the model has fewer than ``k`` conv layers.
     """
@@ -125,10 +133,15 @@ def shallow_params(
                 "shallow_params() takes an nn.Module, a state dict or a .safetensors path, "
                 f"not {type(model_or_state_dict).__name__}"
             )
+        keys = list(sd)
+        if keys == sorted(keys):
+            # Plain lexicographic order is what safetensors' load_file returns; it would put
+            # "features.10" before "features.2". Use natural order instead.
+            keys = sorted(keys, key=_natural_key)
         layer_names = [
             n.removesuffix(".weight")
-            for n, t in sd.items()
-            if n.endswith(".weight") and isinstance(t, torch.Tensor) and t.dim() == 4
+            for n in keys
+            if n.endswith(".weight") and isinstance(sd[n], torch.Tensor) and sd[n].dim() == 4
         ]
         selected = layer_names if k is None else layer_names[:k]
         names = []

@@ -88,6 +88,13 @@ def resolve_mix(
     return pairs
 
 
+def _same(field: str, have: str, want: str) -> bool:
+    if field == "architecture":
+        # a signature may record a more specific id ("vgg16_cifar@w0.5"); the family must agree
+        return have == want or have.split("@", 1)[0] == want.split("@", 1)[0]
+    return have == want
+
+
 def _check(
     pairs: list[tuple[Signature, float]],
     targets: Mapping[str, torch.Tensor],
@@ -102,7 +109,7 @@ def _check(
         if not force:
             for field, want in (("architecture", architecture), ("lineage", lineage)):
                 have = getattr(sig, field)
-                if want is not None and have is not None and have != want:
+                if want is not None and have is not None and not _same(field, have, want):
                     raise SignatureMismatchError(
                         f"signature {sig.name!r} was extracted for {field} {have!r} but the "
                         f"model's is {want!r}; pass force=True to patch anyway"

@@ -61,6 +61,17 @@ def test_safetensors_path(tmp_path) -> None:
     assert shallow_params(tmp_path / "m.safetensors", 2) == shallow_params(m, 2)
 
 
+def test_lexicographic_state_dict_uses_natural_order(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    m = create_model("vgg16_cifar", width=0.125)
+    save_file(m.state_dict(), str(tmp_path / "plain.safetensors"))  # no order recorded
+    sd = load_file(str(tmp_path / "plain.safetensors"))
+    assert list(sd) == sorted(sd)  # what load_file gives: features.10 before features.2
+    assert shallow_params(sd, 7) == shallow_params(m, 7)
+    assert shallow_params(tmp_path / "plain.safetensors", 7) == shallow_params(m, 7)
+
+
 def test_forward_order_beats_registration_order() -> None:
     net = ReorderedNet()
     assert conv_layers(net) == ["early", "late", "unused"]

@@ -170,8 +170,8 @@ def test_lineage_and_architecture_refused_unless_forced(tiny: nn.Module) -> None
     )
     other_lineage = ok.replace(name="l", lineage="sha256:bbbbbbbbbbbbbbbb")
     other_arch = ok.replace(name="r", architecture="resnet50")
-    with patch(tiny, [ok]):
-        pass
+    with patch(tiny, [ok]), patch(tiny, [ok.replace(name="w", architecture="vgg16_cifar@w0.125")]):
+        pass  # a more specific architecture id of the same family is accepted
     raw = snapshot(tiny)
     with pytest.raises(
         SignatureMismatchError, match="lineage 'sha256:bbbbbbbbbbbbbbbb'.*force=True"
