@@ -445,16 +445,19 @@ def _gaussian_blur_c(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
 
 @register_corruption("glass_blur")
 def _glass_blur(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
-    # Vectorised local shuffle: every interior pixel takes the value of a random neighbour within
-    # max_delta (all at once) instead of the sequential bottom-right-to-top-left swaps.
+    # The CIFAR-10-C generator scans rows/columns max_delta+1 .. side-max_delta from the bottom
+    # right, draws (dy, dx) from {-max_delta, .., max_delta-1} and "swaps" two numpy views, which
+    # copies the neighbour's pixel into the scanned one. The neighbour (up/left) is not yet
+    # visited, so one pass equals a parallel gather from the pre-pass image: vectorised exactly.
     sigma, delta, iterations = SEVERITY_PARAMS["glass_blur"][severity - 1]
     n, c, h, w = x.shape
     x = torch.floor(_gaussian_blur(x, sigma, "nearest").clamp(0, 1) * 255) / 255  # uint8 step
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
-    inner = ((rows >= delta) & (rows < h - delta) & (cols >= delta) & (cols < w - delta)).long()
+    scanned = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
+    scanned = scanned.long().unsqueeze(1)
     for _ in range(iterations):
-        d = _randint(-delta, delta + 1, (n, 2, h, w), gen, x.device) * inner.unsqueeze(1)
+        d = _randint(-delta, delta, (n, 2, h, w), gen, x.device) * scanned
         ys = (rows + d[:, 0]).clamp(0, h - 1)
         xs = (cols + d[:, 1]).clamp(0, w - 1)
         idx = (ys * w + xs).view(n, 1, h * w).expand(n, c, h * w)
@@ -532,35 +535,65 @@ def _fog(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
     return (x + strength * plasma) * max_val / (max_val + strength)
 
 
-@lru_cache(maxsize=8)
-def _crystal_kernels(length: int) -> torch.Tensor:
-    """Line kernels (8 directions) with a decaying profile, for frost needles."""
+def _needles(seeds: torch.Tensor, direction: torch.Tensor, length: int = 7) -> torch.Tensor:
+    """Draw a needle of ``length`` pixels through every seed (N, H, W) along its direction.
+
+    ``direction`` (N, H, W) picks one of 8 angles (multiples of 22.5°); intensity falls off
+    linearly towards the tips; overlapping needles keep the brightest value (scatter-max).
+    """
+    n, h, w = seeds.shape
+    dev = seeds.device
     r = length // 2
-    ks = torch.zeros(8, 1, length, length)
-    for j in range(8):
-        a = math.pi * j / 8
-        for i in range(-r, r + 1):
-            yy = round(r + i * math.sin(a))
-            xx = round(r + i * math.cos(a))
-            ks[j, 0, yy, xx] = max(ks[j, 0, yy, xx].item(), 1.0 - abs(i) / (r + 1))
-    return ks
+    t = torch.arange(-r, r + 1, device=dev, dtype=torch.float32)  # (T,)
+    ang = torch.arange(8, device=dev, dtype=torch.float32) * (math.pi / 8)
+    oy = torch.round(t[None] * torch.sin(ang)[:, None]).long()  # (8, T)
+    ox = torch.round(t[None] * torch.cos(ang)[:, None]).long()
+    weight = 1.0 - t.abs() / (r + 1)
+    ys = torch.arange(h, device=dev).view(1, 1, h, 1) + oy[direction].permute(0, 3, 1, 2)
+    xs = torch.arange(w, device=dev).view(1, 1, 1, w) + ox[direction].permute(0, 3, 1, 2)
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)  # (N, T, H, W)
+    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(n, -1)
+    val = (seeds.unsqueeze(1) * weight.view(1, -1, 1, 1) * inside).reshape(n, -1)
+    out = torch.zeros(n, h * w, device=dev)
+    return out.scatter_reduce_(1, idx, val, reduce="amax").view(n, 1, h, w)
+
+
+_FROST_BANK_SIZE = 16  # textures in the bank (the original draws from 5 photographs)
+
+
+@lru_cache(maxsize=4)
+def _frost_bank(side: int) -> torch.Tensor:
+    """A fixed bank of procedural frost textures (B, side, side) in [0, 1], made once (CPU).
+
+    Ice needles grow along the ridges ("veins") of a plasma fractal: needle seeds are sown
+    densest on the veins and each grows along one of 8 directions; a second, smoother plasma
+    adds patchy ice. Generated from a fixed seed, so every run sees the same bank.
+    """
+    gen = torch.Generator().manual_seed(20230224)
+    n, dev = _FROST_BANK_SIZE, torch.device("cpu")
+    veins = (1 - (2 * _plasma(n, side, 1.45, gen, dev) - 1).abs()) ** 5
+    seeds = (_rand((n, side, side), gen, dev) < 0.35 * veins).float()
+    direction = _randint(0, 8, (n, side, side), gen, dev)
+    needles = _needles(seeds, direction)[:, 0]
+    patches = _plasma(n, side, 1.8, gen, dev)
+    tex = 0.5 * torch.maximum(veins, needles) + 0.2 * needles + 0.3 * patches + 0.15
+    return _gaussian_blur(tex, 0.35).clamp(0, 1)
 
 
 def _frost_texture(n: int, h: int, w: int, gen, device: torch.device) -> torch.Tensor:
-    """Procedural frost (N, 3, H, W) in [0, 1]: needle crystals over patchy, bluish-white ice."""
-    seeds = (_rand((n, 1, h, w), gen, device) < 0.06).float()
-    seeds = seeds * (0.5 + 0.5 * _rand((n, 1, h, w), gen, device))
-    k = _crystal_kernels(9).to(device)
-    needles = F.conv2d(_pad(seeds, 4, 4, "reflect"), k)  # (N, 8, H, W)
-    # each seed grows along two random directions: pick 2 of the 8 line maps per image
-    pick = _rand((n, 8, 1, 1), gen, device)
-    mask = (pick >= pick.topk(2, dim=1).values[:, -1:]).float()
-    crystals = (needles * mask).amax(1, keepdim=True).clamp(0, 1)
-    size = 1 << max(1, math.ceil(math.log2(max(h, w))))
-    patches = _plasma(n, size, 2.0, gen, device)[:, None, :h, :w]
-    grain = _gaussian_blur(_rand((n, 1, h, w), gen, device), 0.6)
-    tex = 0.55 * crystals + 0.35 * patches * (0.6 + 0.8 * grain) + 0.15
-    tex = _gaussian_blur(tex, 0.35).clamp(0, 1)
+    """Frost (N, 3, H, W): random crops (and flips) of the texture bank, tinted bluish-white."""
+    pow2 = 1 << max(1, math.ceil(math.log2(max(h, w))))
+    side = max(4 * pow2, 128) if pow2 <= 64 else 2 * pow2
+    bank = _frost_bank(side).to(device)
+    b = _randint(0, bank.shape[0], (n,), gen, device)
+    oy = _randint(0, side - h + 1, (n,), gen, device)
+    ox = _randint(0, side - w + 1, (n,), gen, device)
+    flip = _randint(0, 2, (n, 2), gen, device).bool()
+    ar_h = torch.arange(h, device=device)
+    ar_w = torch.arange(w, device=device)
+    rows = oy[:, None] + torch.where(flip[:, :1], h - 1 - ar_h, ar_h)  # (N, H)
+    cols = ox[:, None] + torch.where(flip[:, 1:], w - 1 - ar_w, ar_w)  # (N, W)
+    tex = bank[b[:, None, None], rows[:, :, None], cols[:, None, :]].unsqueeze(1)
     tint = torch.tensor([0.86, 0.93, 1.0], device=device).view(1, 3, 1, 1)
     return tex * tint
 
