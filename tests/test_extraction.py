@@ -54,7 +54,7 @@ def trio() -> tuple[nn.Module, nn.Module, nn.Module]:
             robust.parameters(),
             clean.parameters(),
             pre.parameters(),
-            finetuned(pre, 0.01, 3).parameters(),
+            finetuned(pre, 0.003, 3).parameters(),
             strict=True,
         ):
             pr.copy_(pp + 0.7 * (pc - pp) + (noise - pp))
