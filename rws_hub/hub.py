@@ -31,8 +31,12 @@ from rws_hub.errors import ArtifactError
 from rws_hub.folder import (
     CARD_FILE,
     CONFIG_FILE,
+    DETECTOR_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    PRETRAINED_FILE,
+    SIGNATURE_DIR,
+    SIGNATURE_SUFFIX,
     ModelFolder,
     read_manifest,
     read_signature_file,
@@ -120,28 +124,28 @@ def pull(
     cache_dir: str | Path | None = None,
     local_dir: str | Path | None = None,
     signatures: None | str | Iterable[str] = "all",
+    pretrained: bool = True,
     token: str | None = None,
 ) -> Path:
     """Download a model folder from the hub (``snapshot_download``) and return its local path.
 
     ``signatures`` limits which ``signatures/*.safetensors`` are fetched (``"all"``, ``None``, a
-    name or a list). With ``HF_HUB_OFFLINE=1`` the folder comes from the huggingface_hub cache
+    name or a list); ``pretrained=False`` skips ``pretrained.safetensors`` (theta_pre, as large
+    as the backbone and not needed for inference). With ``HF_HUB_OFFLINE=1`` the folder comes from the huggingface_hub cache
     (``cache_dir``, default ``$HF_HOME/hub``) without any network call. With ``local_dir`` the
     files are downloaded there (huggingface_hub's local-dir mode); when the hub cannot be reached
     the cached snapshot is copied there instead.
     """
     patterns: list[str] | None
-    if signatures == "all":
-        patterns = None
+    if signatures == "all" and pretrained:
+        patterns = None  # everything
     else:
-        names = (
-            []
-            if signatures is None
-            else [signatures]
-            if isinstance(signatures, str)
-            else list(signatures)
-        )
-        patterns = _CORE_FILES + [signature_file(n) for n in names]
+        patterns = [*_CORE_FILES, DETECTOR_FILE] + ([PRETRAINED_FILE] if pretrained else [])
+        if signatures == "all":
+            patterns.append(f"{SIGNATURE_DIR}/*{SIGNATURE_SUFFIX}")
+        elif signatures is not None:
+            names = [signatures] if isinstance(signatures, str) else list(signatures)
+            patterns += [signature_file(n) for n in names]
     kw: dict[str, Any] = {
         "repo_type": "model",
         "revision": revision,
@@ -175,10 +179,12 @@ def from_pretrained(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     token: str | None = None,
+    pretrained: bool = False,
 ) -> ModelFolder:
     """Load a model folder from a local path or a hub repo id (see :func:`pull`).
 
-    For a hub id only the requested signatures are downloaded. Integrity rules are those of
+    For a hub id only the requested signatures are downloaded, and ``pretrained.safetensors``
+    only with ``pretrained=True`` (for :meth:`ModelFolder.pretrained_state`). Integrity rules are those of
     :meth:`ModelFolder.load` (a refused signature is in ``.refused``, the rest load).
     """
     if _is_local(repo_id_or_path):
@@ -189,6 +195,7 @@ def from_pretrained(
             revision=revision,
             cache_dir=cache_dir,
             signatures=signatures,
+            pretrained=pretrained,
             token=token,
         )
     return ModelFolder.load(path, device=device, signatures=signatures, verify=verify)

@@ -83,11 +83,12 @@ def _git_blob_sha1(data: bytes) -> str:
 
 
 def populate_hf_cache(
-    folder: Path, cache_dir: Path, repo_id: str, commit: str | None = None
+    folder: Path, cache_dir: Path, repo_id: str, commit: str | None = None, tree: bool = True
 ) -> str:
     """Lay ``folder`` out as huggingface_hub's cache holds a downloaded model repo:
     ``models--owner--name/{blobs/<etag>, snapshots/<commit>/<file> -> ../../blobs/<etag>,
-    refs/main, trees/<commit>.json}``. Safetensors files are LFS files (etag = sha256), the
+    refs/main, trees/<commit>.json}`` (the tree listing only with ``tree``: snapshot_download
+    writes it, hf_hub_download does not). Safetensors files are LFS files (etag = sha256), the
     others regular git files (etag = git blob sha1). Returns the commit hash."""
     files = sorted(
         p.relative_to(folder).as_posix()
@@ -99,7 +100,7 @@ def populate_hf_cache(
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "trees").mkdir(exist_ok=True)
-    tree = {}
+    listing = {}
     for rel in files:
         data = (folder / rel).read_bytes()
         lfs = rel.endswith(".safetensors")
@@ -111,9 +112,11 @@ def populate_hf_cache(
         entry = {"size": len(data), "blob_id": _git_blob_sha1(data)}
         if lfs:
             entry.update(lfs_sha256=etag, lfs_size=len(data))
-        tree[rel] = entry
+        listing[rel] = entry
     (repo / "refs" / "main").write_text(commit)
-    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
+    if tree:
+        listing_json = json.dumps({"format_version": 1, "files": listing})
+        (repo / "trees" / f"{commit}.json").write_text(listing_json)
     return commit
 
 
