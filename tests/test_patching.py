@@ -233,7 +233,22 @@ class SmallNet(nn.Module):
 @pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn", "resnet18", "resnet50", "custom"])
 def test_architectures(arch: str) -> None:
     torch.manual_seed(0)
-    model = SmallNet() if arch == "custom" else getattr(torchvision.models, arch)(weights=None)
+    if arch == "custom":
+        model = SmallNet()
+    elif arch.startswith("vgg"):
+        # VGG's 120 M classifier weights only cost init time here: build the real torchvision
+        # module on the meta device, then give it zeroed CPU storage and random conv weights.
+        with torch.device("meta"):
+            model = getattr(torchvision.models, arch)(weights=None)
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                t.zero_()
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.normal_(0, 0.05)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None)
     k = 2 if arch == "custom" else 7
     sig = random_signature(model, "sig", k, 3)
     expected = {"custom": 3, "vgg16": 14, "vgg16_bn": 14, "resnet18": 7, "resnet50": 7}[arch]
