@@ -209,3 +209,18 @@ def test_many_signatures_load_fast(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     assert mf.signature_names() == list(names) and mf.refused == {}
     assert elapsed < 5.0, elapsed
+
+
+def test_rws_verify(folder: Path, capsys: pytest.CaptureFixture) -> None:
+    from rws_hub.cli import main
+
+    assert main(["verify", str(folder)]) == 0
+    assert f"ok: 3 signature(s) load: {', '.join(NAMES)}" in capsys.readouterr().out
+    flip_byte(folder / "signatures" / "fog.safetensors")
+    assert main(["verify", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "signatures/fog.safetensors: sha256 mismatch" in out
+    assert "ok: 2 signature(s) load: gaussian_noise, contrast" in out
+    flip_byte(folder / "model.safetensors")
+    assert main(["verify", str(folder)]) == 1
+    assert "model.safetensors: sha256 mismatch" in capsys.readouterr().out

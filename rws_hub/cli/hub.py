@@ -45,8 +45,25 @@ def _pull(args: argparse.Namespace) -> int:
     return 1 if folder.refused else 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from rws_hub.folder import ModelFolder, verify_folder
+
+    problems = verify_folder(args.folder)
+    for rel, reason in sorted(problems.items()):
+        print(f"{rel}: {reason}")
+    if any(not rel.startswith("signatures/") for rel in problems):
+        return 1
+    folder = ModelFolder.load(args.folder, signatures="all")
+    for rel, reason in folder.refused.items():
+        if rel not in problems:
+            print(f"{rel}: refused: {reason}")
+    names = folder.signature_names()
+    print(f"ok: {len(names)} signature(s) load: {', '.join(names) or 'none'}")
+    return 1 if problems or folder.refused else 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``push`` and ``pull``."""
+    """Add ``push``, ``pull`` and ``verify``."""
     p = subparsers.add_parser(
         "push",
         help="upload a model folder to a huggingface_hub model repo",
@@ -81,3 +98,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None, help="hub token for private repos")
     p.add_argument("--json", action="store_true", help="also print a JSON summary line")
     p.set_defaults(func=_pull)
+
+    p = subparsers.add_parser(
+        "verify",
+        help="check a model folder against its manifest and load it",
+        description="Check every file of a model folder against manifest.json (sha256, size), "
+        "then load it as a server would and list refused signature files. Exit status 1 on any "
+        "problem.",
+    )
+    p.add_argument("folder", help="model folder")
+    p.set_defaults(func=_verify)
