@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from rws_hub.errors import InvalidMixError, SignatureMismatchError
-from rws_hub.mix import Mix
+from rws_hub.mix import Mix, _as_alpha
 from rws_hub.signature import Signature
 
 __all__ = ["patch", "apply", "remove", "active_mix", "patched_tensors", "resolve_mix", "MixLike"]
@@ -34,9 +33,7 @@ _STACK_ATTR = "_rws_applied"
 
 
 def _alpha(label: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidMixError(f"alpha for {label!r} must be a number, got {type(value).__name__}")
-    a = float(value)
+    a = _as_alpha(label, value)  # numbers, numpy scalars, 0-d tensors; not bools or strings
     if not math.isfinite(a):
         raise InvalidMixError(f"alpha for {label!r} must be finite, got {a}")
     return a
@@ -65,7 +62,8 @@ def resolve_mix(
     if isinstance(mix, Signature):
         return [(mix, mix.default_alpha)]
     if isinstance(mix, str):
-        mix = Mix.parse(mix, defaults={n: s.default_alpha for n, s in registry.items()})
+        defaults = {n: s.default_alpha for n, s in registry.items()}
+        mix = Mix.parse(mix, defaults=defaults, allow_negative=True)
     pairs: list[tuple[Signature, float]] = []
     if isinstance(mix, Mapping):
         for key, value in mix.items():

@@ -104,7 +104,8 @@ def test_output_changes_and_comes_back(tiny: nn.Module) -> None:
 
 def test_names_resolve_from_model_or_argument(tiny: nn.Module) -> None:
     a = random_signature(tiny, "fog", 2, 1, default_alpha=0.5)
-    ref = patched_tensors(tiny.state_dict(), {a: 0.5})
+    before_sd = {k: v.clone() for k, v in tiny.state_dict().items()}
+    ref = patched_tensors(before_sd, {a: 0.5})
     tiny.rws_signatures = {"fog": a}
     for mix in ("fog", ["fog"], {"fog": 0.5}, Mix({"fog": 0.5}), a):
         with patch(tiny, mix):
@@ -112,6 +113,11 @@ def test_names_resolve_from_model_or_argument(tiny: nn.Module) -> None:
     other = create_model("vgg16_cifar", width=0.125)
     with patch(other, "fog:0.5", signatures={"fog": a}):
         pass
+    with patch(tiny, "fog:-0.5"):  # strings may take a signature off, like dicts
+        neg = patched_tensors(before_sd, {a: -0.5})
+        assert all(torch.equal(tiny.state_dict()[n], neg[n]) for n in neg)
+    with patch(tiny, {"fog": torch.tensor(0.5)}):
+        assert all(torch.equal(tiny.state_dict()[n], ref[n]) for n in ref)
     with pytest.raises(InvalidMixError, match="unknown signature 'snow'; known: fog"):
         patch(tiny, {"snow": 1.0}).__enter__()
     with pytest.raises(InvalidMixError, match="none are loaded"):
