@@ -124,6 +124,9 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
             for v in files.values()
         ):
             raise ValueError("entries must be {'sha256': str, 'size': int}")
+        bad = [f for f in files if f.startswith(("/", "\\")) or ".." in f.split("/")]
+        if bad:
+            raise ValueError(f"paths must stay inside the folder: {bad[0]!r}")
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{MANIFEST_FILE}: malformed ({exc})") from exc
     if data.get("format_version", 1) > FORMAT_VERSION:
@@ -264,7 +267,7 @@ class ModelFolder:
 
     def _load_signature(self, name: str) -> None:
         """Load one signature into :attr:`signatures`, or record why it was refused."""
-        rel = signature_file(name)
+        rel = f"{SIGNATURE_DIR}/{name}{SIGNATURE_SUFFIX}"  # (an odd file name is refused too)
         try:
             self.signatures[name] = self.load_signature(name)
         except (RWSError, OSError, SafetensorError, ValueError, KeyError) as exc:

@@ -224,3 +224,15 @@ def test_rws_verify(folder: Path, capsys: pytest.CaptureFixture) -> None:
     flip_byte(folder / "model.safetensors")
     assert main(["verify", str(folder)]) == 1
     assert "model.safetensors: sha256 mismatch" in capsys.readouterr().out
+
+
+def test_odd_names_and_manifest_paths(folder: Path) -> None:
+    mf = ModelFolder.load(folder)
+    mf.signatures["fog"].save(folder / "signatures" / "fog copy.safetensors")
+    mf = ModelFolder.load(folder)
+    assert "signatures/fog copy.safetensors" in mf.refused and len(mf.signatures) == 3
+    data = json.loads((folder / "manifest.json").read_text())
+    data["files"]["../outside.txt"] = {"sha256": "0" * 64, "size": 1}
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="manifest.json: malformed .*inside the folder"):
+        ModelFolder.load(folder)
