@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def digest_tensors(tensors: Mapping[str, torch.Tensor], extra: bytes = b"") -> hashlib._Hash:
+def digest_tensors(tensors: Mapping[str, torch.Tensor], extra: bytes = b"") -> Any:
     """A sha256 object fed with ``extra`` then, for each name in sorted order, the name, dtype,
     shape and raw bytes of the tensor. Shared by :func:`fingerprint` and the artifact digest."""
     h = hashlib.sha256()

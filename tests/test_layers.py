@@ -93,6 +93,21 @@ def test_falls_back_to_224() -> None:
     assert shallow_params(NeedsBigInput(), 1) == ["conv.weight", "conv.bias"]
 
 
+class NotAnImageModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Conv2d(3, 3, 1)
+        self.a = nn.Conv2d(3, 3, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise TypeError("this model takes token ids")
+
+
+def test_untraceable_model_uses_registration_order_with_warning() -> None:
+    with pytest.warns(UserWarning, match="registration order"):
+        assert shallow_params(NotAnImageModel(), 1) == ["b.weight", "b.bias"]
+
+
 def test_too_many_layers() -> None:
     with pytest.raises(ValueError, match="only 3 conv layers"):
         shallow_params(ReorderedNet(), 4)
