@@ -146,6 +146,7 @@ def _body(config: Mapping[str, Any]) -> str:
     name = model_name(config)
     metrics = config.get("metrics") or {}
     sigs = list(config.get("signatures", []))
+    repo = str(config.get("repo_id", "<repo_id>"))
     lines = [
         f"# {name}",
         "",
@@ -160,11 +161,18 @@ def _body(config: Mapping[str, Any]) -> str:
         "from rws_hub.hub import from_pretrained",
         "from rws_hub.patching import patch",
         "",
-        'folder = from_pretrained("<repo_id>")  # or a local model folder',
+        f'folder = from_pretrained("{repo}")  # or a local model folder',
         "model = folder.model  # float images in [0, 1], (N, 3, 32, 32); normalises inside",
     ]
     if sigs:
-        lines += [f'with patch(model, {{"{sigs[0]}": 1.0}}):', "    logits = model(images)"]
+        lines += [
+            f'with patch(model, {{"{sigs[0]}": 1.0}}):  # robust to {sigs[0]} inside the block',
+            "    logits = model(images)",
+            "",
+            "# only one patch, downloading just its file:",
+            "from rws_hub.hub import signature_from_pretrained",
+            f'sig = signature_from_pretrained("{repo}", "{sigs[0]}")',
+        ]
     lines += ["```", ""]
     lines += [
         "## Model",
@@ -197,6 +205,13 @@ def _body(config: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {corruption} | " + " | ".join(_pct(values.get(k)) for k in keys) + " |"
             )
+        if len(ra) > 1:
+            means = []
+            for k in keys:
+                nums = [_number(v.get(k)) for v in ra.values()]
+                nums = [x for x in nums if x is not None]
+                means.append(_pct(sum(nums) / len(nums)) if nums else "-")
+            lines.append("| **mean** | " + " | ".join(means) + " |")
         lines.append("")
     if not ra and _number(ta) is None:
         lines += ["No measured results recorded in config.json.", ""]

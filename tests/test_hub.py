@@ -59,6 +59,7 @@ def test_model_card_parses_with_huggingface_hub(built: Path) -> None:
     index = data.to_dict()["model-index"]
     assert index[0]["name"] == card.data.model_name
     assert "| gaussian_noise | 40.00 | 70.00 | 88.00 |" in text
+    assert "| **mean** | 41.00 | 71.00 | 88.00 |" in text
 
 
 def test_model_card_without_metrics_has_no_model_index() -> None:
