@@ -14,6 +14,7 @@ Downloads go through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -229,10 +230,16 @@ def signature_from_pretrained(
         "library_name": LIBRARY_NAME,
         "library_version": _version(),
     }
-    manifest = read_manifest(hf_hub_download(filename=MANIFEST_FILE, **kw))
+    manifest_path = Path(hf_hub_download(filename=MANIFEST_FILE, **kw))
+    manifest = read_manifest(manifest_path)
     if rel not in manifest:
         known = sorted(f for f in manifest if f.startswith("signatures/"))
         raise ArtifactError(f"{rel}: not in {repo_id_or_path}; available: {', '.join(known)}")
+    # Take the file from the manifest's commit (snapshots/<commit>/manifest.json), so a push
+    # landing between the two downloads cannot pair a manifest with another version's file.
+    commit = manifest_path.parent.name
+    if re.fullmatch(r"[0-9a-f]{40}", commit):
+        kw["revision"] = commit
     path = hf_hub_download(filename=rel, **kw)
     return read_signature_file(path, name, manifest, device=device)
 
