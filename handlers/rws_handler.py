@@ -1,0 +1,236 @@
+"""TorchServe handler for rws-hub: a thin adapter over :class:`rws_hub.engine.Engine`.
+
+Per batch: every row is parsed with :mod:`rws_hub.requests` (a bad row gets its own 4xx status
+and a JSON error body; the other rows are still answered), then ONE ``engine.classify`` call runs
+the valid rows, each with its own mix. Answers are JSON::
+
+    {"predictions": [{"class": "cat", "probability": 0.91}, ...],
+     "mix": {"fog": 0.5}, "model": "cifar10-vgg16", "batch_size": 8}
+
+``batch_size`` is the number of requests TorchServe handed to this call (batching at work).
+
+Raw image bodies (``Content-Type: image/png``, ...) take the mix from the query string of
+``POST /invocations?model_name=<name>&signatures=fog:0.5&top_k=3`` (TorchServe passes query
+parameters only there) or, on ``/predictions/<name>``, from the headers ``X-RWS-Signatures`` and
+``X-RWS-Top-K``.
+``GET /models/<name>?customized=true`` answers :meth:`Engine.describe` (signatures and metadata).
+With ``service_envelope=kservev2`` the rows are KServe v2 inputs (see ``docs/deploy.md``).
+
+Settings (``rws:`` section of the archive's ``model-config.yaml``, overridden by environment
+variables): ``folder`` / ``RWS_MODEL_FOLDER`` (default: ``model-folder`` inside the archive),
+``dtype`` / ``RWS_DTYPE`` (GPU only: float16, bfloat16), ``max_alpha`` / ``RWS_MAX_ALPHA``,
+``allow_negative`` / ``RWS_ALLOW_NEGATIVE``, ``cache_mb`` / ``RWS_CACHE_MB``,
+``max_body_bytes`` / ``RWS_MAX_BODY_BYTES``, ``max_pixels`` / ``RWS_MAX_PIXELS``,
+``threads`` / ``RWS_THREADS`` (torch CPU threads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from rws_hub.engine import Engine
+from rws_hub.errors import RequestError
+from rws_hub.requests import InferenceRequest, RequestLimits, RequestParser
+
+logger = logging.getLogger(__name__)
+
+_BODY_KEYS = ("body", "data")
+_KSERVE_KEYS = ("name", "datatype", "data")
+_PARAM_HEADERS = {"signatures": "X-RWS-Signatures", "top_k": "X-RWS-Top-K"}
+
+
+def _setting(config: dict[str, Any], key: str, cast: Any, default: Any = None) -> Any:
+    env = os.environ.get(f"RWS_{key.upper()}")
+    value = env if env not in (None, "") else config.get(key, default)
+    if value is None:
+        return None
+    if cast is bool and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return cast(value)
+
+
+def _header(context: Any, idx: int, name: str) -> str | None:
+    """A request header, case-insensitively (TorchServe keeps the client's spelling)."""
+    for key in (name, name.lower(), name.title()):
+        value = context.get_request_header(idx, key)
+        if isinstance(value, str):
+            return value
+    try:
+        headers = context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, KeyError):
+        return None
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name.lower() and isinstance(value, str):
+            return value
+    return None
+
+
+class RWSHandler(BaseHandler):
+    """Serves a model folder: per-request signature mixes, batched through one Engine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine: Engine | None = None
+        self.parser: RequestParser | None = None
+        self._kserve = False
+        self._batch = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def initialize(self, context: Any) -> None:
+        """Load the model folder into an Engine and build the request parser."""
+        self.context = context
+        self.manifest = context.manifest
+        props = context.system_properties
+        model_dir = Path(props.get("model_dir") or ".")
+        yaml_cfg = getattr(context, "model_yaml_config", None) or {}
+        cfg = dict(yaml_cfg.get("rws") or {})
+
+        threads = _setting(cfg, "threads", int)
+        if threads:
+            torch.set_num_threads(threads)
+        gpu = props.get("gpu_id")
+        if torch.cuda.is_available() and gpu is not None:
+            device = torch.device(f"cuda:{gpu}")
+        else:
+            device = torch.device("cpu")
+        self.device = device
+        dtype_name = _setting(cfg, "dtype", str, "float32")
+        dtype = getattr(torch, dtype_name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"rws dtype {dtype_name!r}: use float32, float16 or bfloat16")
+        if device.type == "cpu" and dtype == torch.float16:
+            dtype = torch.float32  # half precision is for GPUs
+
+        folder = Path(_setting(cfg, "folder", str, "model-folder"))
+        if not folder.is_absolute():
+            folder = model_dir / folder
+        cache_mb = _setting(cfg, "cache_mb", float, 256)
+        self.engine = Engine.from_folder(
+            folder,
+            device=device,
+            dtype=dtype,
+            cache_bytes=int(cache_mb * (1 << 20)),
+            max_alpha=_setting(cfg, "max_alpha", float),
+            allow_negative=bool(_setting(cfg, "allow_negative", bool, False)),
+            name=str(self.manifest.get("model", {}).get("modelName") or folder.name),
+        )
+        limits = RequestLimits(
+            max_body_bytes=_setting(cfg, "max_body_bytes", int, RequestLimits.max_body_bytes),
+            max_pixels=_setting(cfg, "max_pixels", int, RequestLimits.max_pixels),
+        )
+        self.parser = RequestParser.for_engine(self.engine, limits=limits)
+        for rel, reason in self.engine.refused.items():
+            logger.warning("rws: refused %s: %s", rel, reason)
+        logger.info(
+            "rws: serving %s on %s (%s) with signatures %s",
+            folder,
+            device,
+            dtype,
+            ", ".join(self.engine.signatures) or "none",
+        )
+        self.initialized = True
+
+    # -- requests -------------------------------------------------------------------------
+
+    def describe_handle(self) -> str:
+        """``GET /models/<name>?customized=true``: the engine and its signatures, as JSON."""
+        assert self.engine is not None
+        return json.dumps(self.engine.describe())
+
+    def _parse_row(self, idx: int, row: Any) -> InferenceRequest:
+        assert self.parser is not None
+        if not isinstance(row, dict):
+            raise RequestError("empty request", 400)
+        if all(k in row for k in _KSERVE_KEYS):
+            return self._parse_kserve(row)
+        body = next((row[k] for k in _BODY_KEYS if row.get(k) is not None), None)
+        # Query parameters reach the handler only via /invocations?model_name=...&signatures=..
+        # (TorchServe drops the query string of /predictions/<model>); headers work everywhere.
+        query = {k: v for k, v in row.items() if k not in _BODY_KEYS and k != "model_name"}
+        for key, header in _PARAM_HEADERS.items():
+            value = _header(self.context, idx, header)
+            if value is not None and key not in query:
+                query[key] = value
+        ctype = _header(self.context, idx, "Content-Type")
+        return self.parser.parse(body, content_type=ctype, query=query)
+
+    def _parse_kserve(self, row: dict[str, Any]) -> InferenceRequest:
+        """One KServe v2 input (``service_envelope=kservev2``): ``data`` is a JSON request
+        object (or its text), or a base64 image with ``parameters`` ``signatures``/``top_k``."""
+        assert self.parser is not None
+        data = row["data"]
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        if isinstance(data, dict):
+            return self.parser.parse(data)
+        if isinstance(data, (bytes, bytearray)):
+            data = bytes(data).decode("utf-8", errors="replace")
+        if not isinstance(data, str):
+            raise RequestError(
+                f"KServe input {row.get('name')!r}: 'data' must hold a BYTES string", 400
+            )
+        if data.lstrip().startswith("{"):
+            return self.parser.parse(data, content_type="application/json")
+        params = row.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise RequestError("KServe input 'parameters' must be an object", 400)
+        obj = {"image": data}
+        for key in ("signatures", "top_k"):
+            if key in params:
+                obj[key] = params[key]
+        return self.parser.parse(obj)
+
+    def handle(self, data: list[Any], context: Any) -> list[Any]:
+        """Answer one batch: per-row parse (errors per row), one engine call for the rest."""
+        start = time.perf_counter()
+        self.context = context
+        if self._is_describe():
+            return [self.describe_handle()]
+        assert self.engine is not None
+        n = self._batch = len(data)
+        answers: list[Any] = [None] * n
+        valid: list[tuple[int, InferenceRequest]] = []
+        # Under the KServe v2 envelope all rows are inputs of ONE request (status index 0).
+        self._kserve = any(isinstance(r, dict) and all(k in r for k in _KSERVE_KEYS) for r in data)
+        for idx, row in enumerate(data):
+            try:
+                valid.append((idx, self._parse_row(idx, row)))
+            except RequestError as exc:
+                answers[idx] = self._error(idx, exc.status, str(exc))
+        if valid:
+            images = torch.stack([r.image for _, r in valid])
+            try:
+                results = self.engine.classify(
+                    images, [r.mix for _, r in valid], top_k=[r.top_k for _, r in valid]
+                )
+            except RequestError as exc:
+                for idx, _ in valid:
+                    answers[idx] = self._error(idx, exc.status, str(exc))
+            except Exception:  # answer the rows with 500, keep the worker alive
+                logger.exception("rws: inference failed")
+                for idx, _ in valid:
+                    answers[idx] = self._error(idx, 500, "inference failed (see the model log)")
+            else:
+                for (idx, _), result in zip(valid, results, strict=True):
+                    result["model"] = self.engine.name
+                    result["batch_size"] = n
+                    answers[idx] = result
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time(
+                "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
+            )
+        return answers
+
+    def _error(self, idx: int, status: int, message: str) -> dict[str, Any]:
+        self.context.set_response_status(status, message, 0 if self._kserve else idx)
+        return {"error": message, "status": status, "batch_size": self._batch}
