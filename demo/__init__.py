@@ -1,0 +1,1 @@
+"""The rws-hub web demo (Gradio); see ``demo/app.py``."""

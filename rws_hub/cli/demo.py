@@ -1,0 +1,182 @@
+"""``rws demo`` (the Gradio web demo) and ``rws up`` (TorchServe plus the demo as its client).
+
+Gradio is imported only when ``rws demo`` runs, from the checkout's ``demo/app.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+UP_EPILOG = """examples:
+  rws up                                   # embedded default; Ctrl-C stops both
+  rws up --model path/to/folder --port 9080 --demo-port 7870
+  rws up --detach && rws up --stop         # in the background, then stop
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the web demo: upload an image, corrupt it, patch robustness in, compare",
+        description="Start the Gradio web demo on loopback and print its URL. By default it runs "
+        "the serving engine in this process on the embedded default model folder; with "
+        "--server it is a REST client of a running `rws serve`.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--model", default=None, help="model folder (default model-store/cifar10-vgg16)")
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="REST client of `rws serve`: http://host:8080[/predictions/<model>]",
+    )
+    p.add_argument("--token-file", default=None, metavar="FILE", help="the server's key_file.json")
+    p.add_argument(
+        "--management-url", default=None, metavar="URL", help="default: inference port + 1"
+    )
+    p.add_argument("--device", default=None, help="engine device (default: CUDA if present)")
+    p.set_defaults(func=run_demo)
+
+    u = subparsers.add_parser(
+        "up",
+        help="start the whole stack: TorchServe, then the web demo as its REST client",
+        description="Start TorchServe for a model folder (rws serve), wait until it is READY, "
+        "start the web demo as its REST client, and print both URLs. Ctrl-C (or SIGTERM) stops "
+        "both; `rws up --stop` stops a stack started with --detach or from another terminal.",
+        epilog=UP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    u.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model folder (default model-store/cifar10-vgg16, the embedded default)",
+    )
+    u.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="TorchServe inference port; management and metrics use the next two (default 8080)",
+    )
+    u.add_argument("--demo-port", type=int, default=7860, help="web demo port (default 7860)")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    u.add_argument("--run-dir", type=Path, default=Path("runs/up"), help="default runs/up")
+    u.add_argument("--no-auth", action="store_true", help="turn token authorization off")
+    u.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each part")
+    u.add_argument(
+        "--detach", action="store_true", help="return once both are up (stop with --stop)"
+    )
+    u.add_argument("--stop", action="store_true", help="stop the stack of --run-dir")
+    u.set_defaults(func=run_up)
+
+
+def _load_demo_app() -> Any:
+    """``demo/app.py`` of the checkout this package lives in, as a module."""
+    from rws_hub.stack import DEMO_APP
+
+    if not DEMO_APP.is_file():
+        raise FileNotFoundError(f"{DEMO_APP}: the demo ships with the repository checkout")
+    spec = importlib.util.spec_from_file_location("rws_demo_app", DEMO_APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    argv = ["--host", args.host, "--port", str(args.port)]
+    for flag, value in (
+        ("--model", args.model),
+        ("--server", args.server),
+        ("--token-file", args.token_file),
+        ("--management-url", args.management_url),
+        ("--device", args.device),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return int(_load_demo_app().main(argv))
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from rws_hub import serving
+    from rws_hub.stack import StackError, StackOptions, default_folder, start_stack, stop_stack
+
+    if args.stop:
+        if stop_stack(args.run_dir):
+            print(f"rws up: stopped the stack of {args.run_dir}")
+        else:
+            print(f"rws up: no stack running from {args.run_dir}")
+        return 0
+
+    folder = args.model or default_folder()
+    if not folder.is_dir():
+        hint = " (the embedded default; build it or pass --model)" if args.model is None else ""
+        raise FileNotFoundError(f"model folder {folder} not found{hint}")
+    opts = StackOptions(
+        folder=folder,
+        run_dir=args.run_dir,
+        host=args.host,
+        port=args.port,
+        demo_port=args.demo_port,
+        auth=not args.no_auth,
+    )
+    print(f"rws up: starting TorchServe for {folder} ...", flush=True)
+    t0 = time.monotonic()
+    # SIGTERM stops the stack the way Ctrl-C does (also while it is starting).
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        stack = start_stack(opts, timeout=args.timeout)
+    except (StackError, serving.ServeError) as exc:
+        print(f"rws up: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        stop_stack(args.run_dir)
+        print("rws up: interrupted; stopped", flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    keys = "" if not opts.auth else f"\n  token keys:   {stack.server.key_file}"
+    print(
+        f"rws up: ready in {time.monotonic() - t0:.1f} s\n"
+        f"  web demo:     {stack.demo_url}\n"
+        f"  REST (POST):  {stack.inference_url}{keys}\n"
+        f"  logs:         {stack.run_dir}",
+        flush=True,
+    )
+    if args.detach:
+        print(
+            f"rws up: running in the background; stop with: rws up --stop --run-dir {args.run_dir}"
+        )
+        return 0
+    print("rws up: press Ctrl-C to stop both", flush=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    code = 0
+    try:
+        while stack.alive():
+            time.sleep(0.5)
+        if not (stack.run_dir / "stack.json").exists():
+            print("rws up: the stack was stopped (rws up --stop)", flush=True)
+        else:
+            part = "the demo" if not stack.demo_alive() else "TorchServe"
+            print(f"rws up: {part} exited; stopping the rest", file=sys.stderr, flush=True)
+            code = 1
+    except KeyboardInterrupt:
+        print("\nrws up: stopping ...", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
+        stack.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    print("rws up: stopped", flush=True)
+    return code
+
+
+def _raise_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
