@@ -5,71 +5,43 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import random
-import shutil
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 requests = pytest.importorskip("requests")
+
+from serving_helpers import (  # noqa: E402
+    HAVE_TORCHSERVE,
+    NAMES,
+    assert_same,
+    expected,
+    free_ports,
+    make_serving_folder,
+    png,
+    session,
+    start_server,
+    stop_server,
+)
 
 from rws_hub import serving  # noqa: E402
 from rws_hub.cli import main as rws_main  # noqa: E402
 from rws_hub.engine import Engine  # noqa: E402
-from rws_hub.folder import save_model_folder  # noqa: E402
-from rws_hub.models import create_model  # noqa: E402
-from rws_hub.requests import RequestParser  # noqa: E402
-from rws_hub.signature import Signature  # noqa: E402
 
 pytestmark = [
     pytest.mark.server,
-    pytest.mark.skipif(
-        shutil.which("java") is None
-        or not (Path(serving.sys.executable).parent / "torchserve").exists(),
-        reason="needs Java 17 and torchserve",
-    ),
+    pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve"),
 ]
-
-NAMES = ("gaussian_noise", "fog", "contrast", "pixelate")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model folder: VGG-16 at width 0.125 and four random signatures (K=3)."""
-    torch.manual_seed(0)
-    model = create_model("vgg16_cifar", width=0.125).eval()
-    gen = torch.Generator().manual_seed(1)
-    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][:3]
-    sd = model.state_dict()
-    sigs = []
-    for i, name in enumerate(NAMES):
-        tensors = {
-            f"{c}.{t}": torch.randn(sd[f"{c}.{t}"].shape, generator=gen) * 0.1
-            for c in convs
-            for t in ("weight", "bias")
-        }
-        sigs.append(Signature(name, tensors, layers=3, default_alpha=0.5 + 0.25 * i))
-    path = tmp_path_factory.mktemp("folder") / "tiny-vgg"
-    config = {"architecture": "vgg16_cifar", "width": 0.125, "lineage": "test-lineage"}
-    return save_model_folder(path, model=model, config=config, signatures=sigs)
+    return make_serving_folder(tmp_path_factory.mktemp("folder") / "tiny-vgg")
 
 
 @pytest.fixture(scope="module")
@@ -79,59 +51,11 @@ def engine(folder: Path) -> Engine:
 
 @pytest.fixture(scope="module")
 def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    port, mport, xport, gport = free_ports(4)
-    opts = serving.ServeOptions(
-        folder=folder,
-        run_dir=tmp_path_factory.mktemp("serve"),
-        model_name="tiny",
-        port=port,
-        management_port=mport,
-        metrics_port=xport,
-        grpc_port=gport,
-        batch_size=8,
-        max_batch_delay=100,
-        settings={"max_alpha": 3.0, "threads": 1},
-    )
-    srv = serving.start(opts, timeout=180)
-    java = srv.java_pid()
-    yield srv
-    srv.stop()
-    assert java is not None and not serving._pid_alive(java), "TorchServe still running"
-    assert not srv.alive()
-
-
-def png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def expected(engine: Engine, data: bytes, mix, top_k: int) -> dict:
-    req = RequestParser.for_engine(engine).parse(
-        {"image": base64.b64encode(data).decode(), "signatures": mix, "top_k": top_k}
-    )
-    return engine.classify(req.image[None], [req.mix], top_k=req.top_k)[0]
-
-
-def assert_same(answer: dict, want: dict) -> None:
-    assert answer["mix"] == want["mix"]
-    assert [p["class"] for p in answer["predictions"]] == [p["class"] for p in want["predictions"]]
-    got = [p["probability"] for p in answer["predictions"]]
-    ref = [p["probability"] for p in want["predictions"]]
-    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-4)
-
-
-_local = threading.local()
-
-
-def session(srv: serving.Server) -> requests.Session:
-    """One persistent (kept-alive) session per client thread."""
-    s = getattr(_local, "session", None)
-    if s is None:
-        s = _local.session = requests.Session()
-        s.headers.update(srv.headers())
-    return s
+    srv = start_server(folder, tmp_path_factory.mktemp("serve"))
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
 
 
 def random_mix(rng: random.Random):
