@@ -260,3 +260,96 @@ def test_rws_demo_prints_the_url_and_stops_on_ctrl_c(folder):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def free_port_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are all free on 127.0.0.1."""
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
+def _have_torchserve() -> bool:
+    import shutil
+
+    return (
+        shutil.which("java") is not None and (Path(sys.executable).parent / "torchserve").exists()
+    )
+
+
+@pytest.mark.server
+@pytest.mark.skipif(not _have_torchserve(), reason="needs Java 17 and torchserve")
+def test_rws_up_runs_the_whole_stack_and_ctrl_c_stops_it(folder, engine, tmp_path):
+    """`rws up`: TorchServe, then the demo as its REST client; the page's answers equal the
+    in-process engine's; SIGINT stops both (ports closed, state file gone)."""
+    port, demo_port = free_port_run(3), free_port()
+    run_dir = tmp_path / "up"
+    cmd = [*RWS, "up", "--model", str(folder), "--port", str(port), "--demo-port", str(demo_port)]
+    proc = subprocess.Popen(
+        [*cmd, "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        cwd=REPO_ROOT,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        out = "".join(lines)
+        assert f"http://127.0.0.1:{demo_port}/" in out, out
+        assert f"http://127.0.0.1:{port}/predictions/" in out, out
+
+        client = gradio_client.Client(f"http://127.0.0.1:{demo_port}/", verbose=False)
+        _, clean, patched, _, details = client.predict(
+            gradio_client.handle_file(str(EXAMPLE)), "fog:3,contrast:1.5", "none", 5,
+            api_name="/predict",
+        )  # fmt: skip
+        assert details["backend"].startswith("REST client of")
+        x = model_pixels(EXAMPLE)
+        assert_same(probs(clean), expected(engine, x, None))
+        assert_same(probs(patched), expected(engine, x, {"fog": 3.0, "contrast": 1.5}))
+        info = client.predict(api_name="/info")
+        assert [s["name"] for s in info["signatures"]] == list(NAMES)
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        rest = proc.stdout.read()
+        assert "rws up: stopped" in rest, rest
+        assert not (run_dir / "stack.json").exists()
+        for p in (port, port + 1, demo_port):
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", p)) != 0, f"port {p} still open"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(
+            [*RWS, "up", "--stop", "--run-dir", str(run_dir)], cwd=REPO_ROOT, timeout=120
+        )
+        proc.stdout.close()
