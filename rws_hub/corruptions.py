@@ -175,7 +175,10 @@ def corrupt(
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     if x.shape[0] == 0:
         return images.clone()
-    out = CORRUPTIONS[name](x.float(), sev, generator)
+    xf = x.float()
+    out = CORRUPTIONS[name](xf, sev, generator)
+    if out.data_ptr() == xf.data_ptr():  # never clamp the caller's tensor in place
+        out = out.clone()
     out = out.clamp_(0.0, 1.0).to(images.dtype)
     return out[0] if single else out
 

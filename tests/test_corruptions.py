@@ -75,11 +75,20 @@ def test_register_corruption() -> None:
     def _invert(x: torch.Tensor, severity: int, generator: torch.Generator | None) -> torch.Tensor:
         return 1 - x
 
+    @register_corruption("_identity_for_test")
+    def _identity(
+        x: torch.Tensor, severity: int, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        return x
+
     try:
         x = torch.rand(2, 3, 8, 8)
         assert torch.allclose(corrupt(x, "_invert_for_test", 1), 1 - x)
+        loud = x * 3  # out of range: the result is clamped, the caller's tensor is not
+        assert float(corrupt(loud, "_identity_for_test", 1).max()) <= 1.0
+        assert torch.equal(loud, x * 3)
     finally:
-        del CORRUPTIONS["_invert_for_test"]
+        del CORRUPTIONS["_invert_for_test"], CORRUPTIONS["_identity_for_test"]
 
 
 def test_refusals() -> None:
@@ -293,6 +302,31 @@ def test_hsv_corruptions_match_colorsys() -> None:
                 a, c = SEVERITY_PARAMS[name][severity - 1]
                 s = min(max(s * a + c, 0), 1)
             assert np.allclose(colorsys.hsv_to_rgb(h, s, v), got, atol=1e-5)
+
+
+def test_glass_blur_equals_the_sequential_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the generator's pass: scan rows/cols 31..2 from the bottom right; x[h, w] = x[h+dy, w+dx]
+    # with (dy, dx) in {-1, 0} (its "swap" of two array views is this copy). Feed both the same
+    # offsets and compare exactly.
+    import rws_hub.corruptions as C
+
+    x = synth(3, 5)
+    offsets = torch.randint(-1, 1, (3, 2, 32, 32), generator=gen(9))
+    monkeypatch.setattr(C, "_randint", lambda low, high, shape, g, device: offsets.clone())
+    sigma = SEVERITY_PARAMS["glass_blur"][0][0]
+    ours = corrupt(x, "glass_blur", 1)
+
+    start = torch.floor(C._gaussian_blur(x, sigma).clamp(0, 1) * 255) / 255
+    ref = start.permute(0, 2, 3, 1).numpy().copy()
+    d = offsets.numpy()
+    for n in range(3):
+        for h in range(31, 1, -1):
+            for w in range(31, 1, -1):
+                # a and b are views, as in the generator: this "swap" copies a into (h, w)
+                a, b = ref[n, h + d[n, 0, h, w], w + d[n, 1, h, w]], ref[n, h, w]
+                ref[n, h, w], ref[n, h + d[n, 0, h, w], w + d[n, 1, h, w]] = a, b
+    expected = C._gaussian_blur(torch.from_numpy(ref).permute(0, 3, 1, 2), sigma).clamp(0, 1)
+    assert torch.allclose(ours, expected, atol=1e-6)
 
 
 def test_jpeg_matches_pillow(batch: torch.Tensor) -> None:
