@@ -206,6 +206,9 @@ def test_cache_is_bounded_and_reused(setup):
     x = torch.rand(1, 3, 32, 32)
     for a in (0.1, 0.2, 0.3, 0.4):
         eng.predict(x, [{"fog": a}])
+    assert eng.cache_info()["entries"] == 0  # a mix seen once is not kept
+    for a in (0.1, 0.2, 0.3, 0.4):
+        eng.predict(x, [{"fog": a}])  # second sighting: admitted, LRU-bounded
     info = eng.cache_info()
     assert info["entries"] == 2 and info["bytes"] <= info["max_bytes"]
     eng.predict(x, [{"fog": 0.4}])
