@@ -224,6 +224,8 @@ class RWSHandler(BaseHandler):
                     result["model"] = self.engine.name
                     result["batch_size"] = n
                     answers[idx] = result
+        for idx in range(1 if self._kserve else n):  # answers (and errors) are JSON
+            context.set_response_content_type(idx, "application/json")
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
             metrics.add_time(
@@ -232,5 +234,11 @@ class RWSHandler(BaseHandler):
         return answers
 
     def _error(self, idx: int, status: int, message: str) -> dict[str, Any]:
-        self.context.set_response_status(status, message, 0 if self._kserve else idx)
+        # The reason phrase must be printable ASCII: TorchServe 0.12 frames it with its length
+        # in characters, not bytes, so a non-ASCII phrase (an unknown name like "føg") corrupts
+        # the worker protocol and the frontend drops the worker with the whole batch. The JSON
+        # body keeps the full message.
+        phrase = message.encode("ascii", "backslashreplace").decode("ascii")
+        phrase = "".join(c if " " <= c <= "~" else "?" for c in phrase)[:500]
+        self.context.set_response_status(status, phrase, 0 if self._kserve else idx)
         return {"error": message, "status": status, "batch_size": self._batch}
