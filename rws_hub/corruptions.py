@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
@@ -509,10 +510,11 @@ def _motion_blur_c(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
 @lru_cache(maxsize=32)
 def _zoom_blur_operator(h: int, w: int, max_zoom: float) -> torch.Tensor:
     """(H·W, H·W) matrix: mean of the image and its centre zooms 1.00..max_zoom (step 0.01)."""
-    zooms = torch.arange(1.0, max_zoom + 1e-6, 0.01, dtype=torch.float64)
-    op = torch.eye(h * w, dtype=torch.float64)
-    for z in zooms.tolist():
-        op += torch.kron(_zoom_matrix(h, z), _zoom_matrix(w, z))
+    zooms = torch.arange(1.0, max_zoom + 1e-6, 0.01, dtype=torch.float64).tolist()
+    a = torch.stack([_zoom_matrix(h, z) for z in zooms])  # (Z, H, H)
+    b = torch.stack([_zoom_matrix(w, z) for z in zooms])  # (Z, W, W)
+    op = torch.einsum("zij,zkl->ikjl", a, b).reshape(h * w, h * w)  # sum of kron(a_z, b_z)
+    op += torch.eye(h * w, dtype=torch.float64)
     return (op / (len(zooms) + 1)).float()
 
 
@@ -737,17 +739,21 @@ def _jpeg_roundtrip_pil(u8: torch.Tensor, quality: int) -> torch.Tensor:
 
 @register_corruption("jpeg_compression")
 def _jpeg(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
-    # torchvision's libjpeg(-turbo) round trip gives the same bytes as Pillow's at the same
-    # quality (4:2:0) and is about twice as fast; Pillow is the fallback
+    # Pillow's JPEG (as the generator); when torchvision is already loaded its libjpeg-turbo
+    # round trip is used instead: the same bytes at the same quality here, about twice as fast
     quality = SEVERITY_PARAMS["jpeg_compression"][severity - 1]
     u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import decode_jpeg, encode_jpeg
+    decoded = None
+    if "torchvision" in sys.modules:  # importing it only for this would cost seconds
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import decode_jpeg, encode_jpeg
 
-            decoded = torch.stack(decode_jpeg(encode_jpeg(list(u8), quality=quality)))
-    except (ImportError, AttributeError, RuntimeError):
+                decoded = torch.stack(decode_jpeg(encode_jpeg(list(u8), quality=quality)))
+        except (ImportError, AttributeError, RuntimeError):
+            decoded = None
+    if decoded is None:
         decoded = _jpeg_roundtrip_pil(u8, quality)
     return decoded.to(x.device, torch.float32) / 255
 
