@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import operator
-import sys
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
@@ -739,21 +738,18 @@ def _jpeg_roundtrip_pil(u8: torch.Tensor, quality: int) -> torch.Tensor:
 
 @register_corruption("jpeg_compression")
 def _jpeg(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
-    # Pillow's JPEG (as the generator); when torchvision is already loaded its libjpeg-turbo
-    # round trip is used instead: the same bytes at the same quality here, about twice as fast
+    # torchvision's libjpeg-turbo round trip: the same bytes as Pillow's (the generator's) at
+    # the same quality here, about twice as fast; Pillow is the fallback. The first call pays
+    # for importing torchvision (seconds).
     quality = SEVERITY_PARAMS["jpeg_compression"][severity - 1]
     u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    decoded = None
-    if "torchvision" in sys.modules:  # importing it only for this would cost seconds
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from torchvision.io import decode_jpeg, encode_jpeg
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg, encode_jpeg
 
-                decoded = torch.stack(decode_jpeg(encode_jpeg(list(u8), quality=quality)))
-        except (ImportError, AttributeError, RuntimeError):
-            decoded = None
-    if decoded is None:
+            decoded = torch.stack(decode_jpeg(encode_jpeg(list(u8), quality=quality)))
+    except (ImportError, AttributeError, RuntimeError):
         decoded = _jpeg_roundtrip_pil(u8, quality)
     return decoded.to(x.device, torch.float32) / 255
 
