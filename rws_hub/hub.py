@@ -80,6 +80,7 @@ def push_to_hub(
     private: bool = False,
     commit_message: str | None = None,
     revision: str | None = None,
+    endpoint: str | None = None,
 ) -> str:
     """Upload a model folder to the hub model repo ``repo_id``; returns the commit URL.
 
@@ -87,11 +88,11 @@ def push_to_hub(
     before any network call). Exactly the files in ``manifest.json`` plus the manifest are
     uploaded; remote signature files that the new manifest does not list are deleted in the
     same commit, so the repository stays one consistent folder. The repo is created if needed
-    (``private`` applies then).
+    (``private`` applies then). ``endpoint`` overrides ``$HF_ENDPOINT`` (a hub mirror).
     """
     root = Path(folder)
     files = upload_files(root)
-    api = _api(token)
+    api = _api(token, endpoint)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = api.upload_folder(
         repo_id=repo_id,
