@@ -1,0 +1,55 @@
+"""A short soak of a real TorchServe (the long form is ``benchmarks/soak.py``): concurrent
+requests with random mixes through batching; every answer equals the single-request
+in-process reference, nothing fails, and the worker is never restarted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from serving_helpers import (
+    HAVE_TORCHSERVE,
+    make_serving_folder,
+    start_server,
+    stop_server,
+    workers,
+)
+
+from rws_hub.engine import Engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from soak import run_soak  # noqa: E402
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve"),
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_serving_folder(tmp_path_factory.mktemp("folder") / "tiny-vgg")
+
+
+@pytest.fixture(scope="module")
+def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(folder, tmp_path_factory.mktemp("serve"), max_batch_delay=5)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def test_short_soak(server, folder) -> None:
+    engine = Engine.from_folder(folder, device="cpu", max_alpha=3.0)
+    before = [(w["pid"], w["startTime"]) for w in workers(server)]
+    result = run_soak(server, engine, total=400, clients=8, seed=7, max_seconds=45)
+    print("\nsoak:", result.summary())
+    assert result.requests == 400, "the time bound cut the soak short"
+    assert result.mismatches == 0, result.mismatch_examples
+    assert result.errors == 0, result.error_statuses
+    assert result.answered == 400
+    assert max(int(k) for k in result.batch_sizes) > 1, "no batching happened"
+    assert result.distinct_mixes > 50 and set(result.forms) == {"json", "raw"}
+    assert [(w["pid"], w["startTime"]) for w in workers(server)] == before
