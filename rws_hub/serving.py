@@ -185,8 +185,12 @@ def _yaml_scalar(value: Any) -> str:
     return json.dumps(value)  # JSON scalars are valid YAML
 
 
-def build_archive(opts: ServeOptions) -> Path:
-    """Build the directory archive ``<run dir>/model-store/<name>/``; returns its path."""
+def build_archive(opts: ServeOptions, archive_format: str = "no-archive") -> Path:
+    """Build the archive into ``<run dir>/model-store/``: a directory ``<name>/``
+    (``no-archive``, what :func:`start` serves) or ``<name>.mar`` (``archive_format="default"``,
+    the file KServe's TorchServe runtime loads). Returns its path."""
+    if archive_format not in ("no-archive", "default"):
+        raise ServeError(f"archive format {archive_format!r}: use 'no-archive' or 'default'")
     folder = opts.folder.resolve()
     if not (folder / "config.json").is_file():
         raise ServeError(f"{opts.folder}: not a model folder (no config.json)")
@@ -195,6 +199,7 @@ def build_archive(opts: ServeOptions) -> Path:
     stage = run_dir / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     shutil.rmtree(store / str(opts.model_name), ignore_errors=True)
+    (store / f"{opts.model_name}.mar").unlink(missing_ok=True)
     store.mkdir(parents=True, exist_ok=True)
     stage.mkdir(parents=True)
     package = Path(__file__).resolve().parent
@@ -225,14 +230,15 @@ def build_archive(opts: ServeOptions) -> Path:
         "--extra-files", str(stage),
         "--config-file", str(model_config),
         "--export-path", str(store),
-        "--archive-format", "no-archive",
+        "--archive-format", archive_format,
         "--force",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir)
     shutil.rmtree(stage, ignore_errors=True)
     if done.returncode != 0:
         raise ServeError(f"torch-model-archiver failed: {done.stderr.strip() or done.stdout}")
-    return store / str(opts.model_name)
+    suffix = ".mar" if archive_format == "default" else ""
+    return store / f"{opts.model_name}{suffix}"
 
 
 def write_configs(opts: ServeOptions) -> tuple[Path, Path]:

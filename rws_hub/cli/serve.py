@@ -52,7 +52,13 @@ def register(subparsers: Any) -> None:
         default="float32",
         help="compute precision on a GPU (default float32)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per worker (default 1: on CPUs scale with --workers instead; "
+        "per-group convolutions suffer from intra-op threading)",
+    )
     p.add_argument(
         "--max-body-mb", type=float, default=10.0, help="largest request body, MB (default 10)"
     )
