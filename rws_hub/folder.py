@@ -325,6 +325,14 @@ class ModelFolder:
         """Whether the folder ships theta_pre."""
         return self.path is not None and (self.path / PRETRAINED_FILE).is_file()
 
+    def has_detector(self) -> bool:
+        """Whether the folder ships a corruption detector (weights and ``config["detector"]``)."""
+        return (
+            self.path is not None
+            and (self.path / DETECTOR_FILE).is_file()
+            and isinstance(self.config.get("detector"), dict)
+        )
+
     def detector_state(self) -> dict[str, torch.Tensor]:
         """The detector's weights (verified); its config is ``config["detector"]``."""
         return self._optional_tensors(DETECTOR_FILE)
@@ -587,6 +595,35 @@ def write_manifest(path: str | Path) -> Path:
     out = root / MANIFEST_FILE
     out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def add_detector(
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    detector_config: Mapping[str, Any],
+) -> Path:
+    """Add (or replace) the corruption detector of an existing model folder: write
+    ``detector.safetensors``, set ``config["detector"]`` and rewrite ``manifest.json``.
+
+    The folder must verify cleanly first (:func:`verify_folder`, detector files excepted), so
+    a damaged folder is never re-blessed by a new manifest. Returns the folder's path.
+    """
+    root = Path(path)
+    problems = {f: p for f, p in verify_folder(root).items() if f != DETECTOR_FILE}
+    config = _read_config(root)
+    if problems:
+        raise ArtifactError(f"{root}: does not verify ({problems}); not adding a detector")
+    config["detector"] = dict(detector_config)
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in state.items()},
+        str(root / DETECTOR_FILE),
+        metadata={"format": "pt"},
+    )
+    (root / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for rel in (DETECTOR_FILE, CONFIG_FILE):
+        (root / rel).chmod(0o644)
+    write_manifest(root)
+    return root
 
 
 def verify_folder(path: str | Path) -> dict[str, str]:
