@@ -365,7 +365,9 @@ class Engine:
 
         ``signatures`` selects what to load (see ``ModelFolder.load``); other keyword
         arguments go to :class:`Engine`. The folder's ``refused`` files are kept in
-        :attr:`refused`.
+        :attr:`refused`. A folder that ships a corruption detector (``detector.safetensors``
+        + ``config["detector"]``) gets it as the ``"auto"`` hook unless ``detector=`` is given;
+        a damaged one is left out and recorded in :attr:`refused`.
         """
         from rws_hub.folder import ModelFolder
 
@@ -377,6 +379,14 @@ class Engine:
         kwargs.setdefault("classes", list(config["classes"]))
         kwargs.setdefault("input_size", (int(size[-2]), int(size[-1])))
         kwargs.setdefault("name", folder.path.name if folder.path else "model")
+        if "detector" not in kwargs and folder.has_detector():
+            from rws_hub.detector import auto_patcher_from_folder
+            from rws_hub.errors import RWSError
+
+            try:
+                kwargs["detector"] = auto_patcher_from_folder(folder, device=dev)
+            except RWSError as exc:  # a damaged detector: serve without "auto", say why
+                folder.refused["detector.safetensors"] = str(exc)
         engine = cls(folder.model, folder.signatures, device=dev, copy=False, **kwargs)
         engine.refused = dict(folder.refused)
         engine.config = dict(config)
@@ -475,7 +485,15 @@ class Engine:
             mix = Mix({n: a for n, a in mix.items() if a != 0.0})
         return mix
 
-    def _resolve(self, images: torch.Tensor, mixes: Sequence[MixLike]) -> list[Mix]:
+    def _resolve(
+        self,
+        images: torch.Tensor,
+        mixes: Sequence[MixLike],
+        detected: list[Any] | None = None,
+    ) -> list[Mix]:
+        """Parse every mix; run the detector on the ``"auto"`` rows. A detector with a
+        ``detect`` method (``rws_hub.detector.AutoPatcher``) also reports what it saw: row i's
+        ``detected[i]`` becomes its top classes and probabilities (when ``detected`` is given)."""
         parsed = [self.parse_mix(m) for m in mixes]
         auto = [i for i, m in enumerate(parsed) if m == AUTO]
         if auto:
@@ -485,7 +503,15 @@ class Engine:
                     "name the signatures instead",
                     400,
                 )
-            chosen = self.detector(images[auto])
+            detect = getattr(self.detector, "detect", None)
+            if callable(detect):
+                found = detect(images[auto])
+                chosen = [d.mix for d in found]
+                if detected is not None:
+                    for i, d in zip(auto, found, strict=True):
+                        detected[i] = d.to_json()
+            else:
+                chosen = self.detector(images[auto])
             if len(chosen) != len(auto):
                 raise RuntimeError("the detector returned a different number of mixes")
             for i, m in zip(auto, chosen, strict=True):
@@ -618,7 +644,9 @@ class Engine:
         ``{"predictions": [{"class": name, "probability": p}, ...], "mix": {name: alpha}}``.
 
         ``top_k`` is one int or one per image (each clipped to the number of classes). For
-        ``"auto"`` rows the mix is the one the detector chose and ``"auto": True`` is added.
+        ``"auto"`` rows the mix is the one the detector chose and ``"auto": True`` is added,
+        with ``"detected": [{"class": name, "probability": p}, ...]`` (the detector's top
+        classes, ``"clean"`` included) when the detector reports them.
         """
         n = images.shape[0]
         if mixes is None or isinstance(mixes, (str, Mapping)):
@@ -626,7 +654,8 @@ class Engine:
         ks = [int(top_k)] * n if isinstance(top_k, int) else [int(k) for k in top_k]
         if len(ks) != n:
             raise ValueError(f"{n} images but {len(ks)} top_k values")
-        resolved = self._resolve(images, mixes)
+        detected: list[Any] = [None] * n
+        resolved = self._resolve(images, mixes, detected)
         logits = self.predict(images, resolved)
         probs = torch.softmax(logits, dim=1).cpu()
         kmax = max(1, min(max(ks, default=1), probs.shape[1]))
@@ -641,6 +670,8 @@ class Engine:
             answer: dict[str, Any] = {"predictions": preds, "mix": dict(resolved[i])}
             if isinstance(mixes[i], str) and mixes[i].strip().lower() == AUTO:
                 answer["auto"] = True
+                if detected[i] is not None:
+                    answer["detected"] = detected[i]
             answers.append(answer)
         return answers
 
