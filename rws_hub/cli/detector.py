@@ -1,0 +1,220 @@
+"""``rws detector train`` / ``rws detector eval``: the corruption detector behind ``"auto"``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+EPILOG_TRAIN = """examples:
+  # train on 20,000 corrupted CIFAR-10 training images (all severities), cache in runs/detector
+  rws detector train --folder model-store/cifar10-vgg16 --data ../shared/data/cifar10 \\
+      --images 20000 --epochs 60 --out runs/detector
+  # a killed run resumes from its cached samples, features and last epoch: run it again
+  # train against a backbone state instead of a folder, and add the result to a folder
+  rws detector train --backbone runs/zoo/cifar10-vgg16/clean/final.safetensors \\
+      --out runs/zoo/cifar10-vgg16/detector
+  rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector --choose --install
+"""
+
+EPILOG_EVAL = """examples:
+  # compare "auto" rules on held-out training images (not used to train the detector)
+  rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector
+  # pick the best rule (clean accuracy within 0.5 point of unpatched), store it, add the
+  # detector to the folder (detector.safetensors, config["detector"], manifest)
+  rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector --choose --install
+"""
+
+
+def _backbone(args: argparse.Namespace) -> Any:
+    if args.backbone:
+        from rws_hub.zoo import ZooSpec, load_state_model
+
+        return load_state_model(ZooSpec(), args.backbone)
+    if not args.folder:
+        raise ValueError("give --folder (a model folder) or --backbone (a zoo state file)")
+    from rws_hub.folder import ModelFolder
+
+    return ModelFolder.load(args.folder, signatures=None).model
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from rws_hub.detector import (
+        DetectorTrainConfig,
+        load_detector,
+        measure_cost,
+        save_detector,
+        train_detector,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = {f.name for f in fields(DetectorTrainConfig)}
+    kwargs = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    cfg = DetectorTrainConfig(**kwargs)
+    backbone = _backbone(args)
+    det, config = train_detector(backbone, args.out, cfg)
+    cost = measure_cost(det, backbone)
+    print(
+        f"cost: {cost['flops_ratio']:.2%} of the backbone's FLOPs, "
+        f"{cost['time_ratio']:.2%} of its time (batch {cost['batch']}, "
+        f"{cost['threads']} thread(s))"
+    )
+    _, stored = load_detector(args.out)
+    stored["cost"] = cost
+    save_detector(args.out, det, stored)
+    if args.install:
+        _install(args.folder, args.out)
+    return 0
+
+
+def _install(folder: str | None, directory: str) -> None:
+    from rws_hub.detector import load_detector
+    from rws_hub.folder import add_detector
+
+    if not folder:
+        raise ValueError("--install needs --folder")
+    det, config = load_detector(directory)
+    add_detector(folder, det.state_dict(), config)
+    print(f"added the detector to {folder} (detector.safetensors, config.json, manifest.json)")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from rws_hub.corruptions import ALL_CORRUPTIONS
+    from rws_hub.data import load_images
+    from rws_hub.detector import (
+        CANDIDATE_RULES,
+        AutoRule,
+        choose_rule,
+        evaluate_auto,
+        load_detector,
+        make_cells,
+        save_detector,
+        summarize,
+    )
+    from rws_hub.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.folder:
+        raise ValueError("--folder is required (the backbone and its signatures)")
+    engine = Engine.from_folder(args.folder, device="cpu", detector=None)
+    det, config = load_detector(args.detector)
+    rules = dict(CANDIDATE_RULES)
+    data = load_images(args.data, args.split)
+    start = args.start if args.start is not None else min(45000, int(0.9 * len(data)))
+    cells = make_cells(
+        data,
+        list(ALL_CORRUPTIONS),
+        [1, 2, 3, 4, 5],
+        per_cell=args.per_cell,
+        clean=args.clean,
+        start=start,
+        seed=args.seed + 17,
+    )
+    result = evaluate_auto(engine, det, cells, rules, log=print if args.verbose else None)
+    labels = ["none", "oracle", *rules]
+    summary = summarize(result, labels)
+    print(
+        f"held-out {args.split} images from #{start}: {args.clean} clean, {args.per_cell} per "
+        "corruption and severity; accuracy in %"
+    )
+    print("| rule | clean | severity 5 | severities 1-5 |")
+    print("| --- | --- | --- | --- |")
+    for label in labels:
+        row = [summary[g].get(label, float("nan")) for g in ("clean", "sev5", "all")]
+        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    print(
+        f"detector accuracy: clean {summary['clean']['detector']:.1f}, severity 5 "
+        f"{summary['sev5']['detector']:.1f}, severities 1-5 {summary['all']['detector']:.1f}"
+    )
+    best = choose_rule(summary, rules, clean_tolerance=args.clean_tolerance)
+    print(f"best rule: {best}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"summary": summary, **result}, indent=2))
+    if args.choose:
+        rule: AutoRule = rules[best]
+        config["rule"] = rule.to_json()
+        config["rule_selection"] = {
+            "data": f"{args.split} images #{start}+ (not used for training)",
+            "clean_images": args.clean,
+            "images_per_cell": args.per_cell,
+            "criterion": "best mean accuracy over corruptions x severities 1-5 with clean "
+            f"accuracy within {args.clean_tolerance} point of unpatched",
+            "chosen": best,
+            "summary": {
+                label: {g: round(summary[g].get(label, float("nan")), 2) for g in summary}
+                for label in labels
+            },
+        }
+        save_detector(args.detector, det, config)
+        print(f"stored rule {best} in {Path(args.detector) / 'detector.json'}")
+    if args.install:
+        _install(args.folder, args.detector)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detector",
+        help='train / evaluate the corruption detector behind "auto"',
+        description="The corruption detector: predicts clean or one of the 19 corruptions per "
+        'image; "signatures": "auto" turns its output into a mix.',
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+
+    t = verbs.add_parser(
+        "train",
+        help="train a detector on corrupted training images (resumable)",
+        description="Train the detector head on features of corrupted CIFAR-10 training images "
+        "(every corruption, severities 1-5, and clean). Samples, features and checkpoints are "
+        "cached in --out; running the same command again resumes.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--folder", help="model folder whose backbone's conv1 the detector reuses")
+    t.add_argument("--backbone", help="or: a zoo state file (safetensors) of the backbone")
+    t.add_argument("--data", default="../shared/data/cifar10", help="training data (rws_hub.data)")
+    t.add_argument("--out", required=True, help="output / cache folder")
+    t.add_argument("--images", type=int, help="training samples (default 20000)")
+    t.add_argument("--heldout", type=int, help="held-out validation samples (default 2000)")
+    t.add_argument("--epochs", type=int, help="head training epochs (default 60)")
+    t.add_argument("--batch-size", dest="batch_size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--hidden", type=int, help="head width (default 256)")
+    t.add_argument("--clean-share", dest="clean_share", type=float, help="default 0.1")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--install", action="store_true", help="add the result to --folder")
+    t.set_defaults(func=_train)
+
+    e = verbs.add_parser(
+        "eval",
+        help="compare auto rules on held-out images; choose and store one",
+        description="Measure none / oracle / each candidate auto rule on held-out training "
+        "images (clean, and every corruption at severities 1-5) and the detector's accuracy.",
+        epilog=EPILOG_EVAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("--folder", required=True, help="model folder (backbone + signatures)")
+    e.add_argument("--detector", required=True, help="detector folder (from rws detector train)")
+    e.add_argument("--data", default="../shared/data/cifar10")
+    e.add_argument("--split", default="train", help="default train (held-out tail)")
+    e.add_argument("--start", type=int, help="first held-out image (default 45000)")
+    e.add_argument("--per-cell", dest="per_cell", type=int, default=20)
+    e.add_argument("--clean", type=int, default=1000, help="clean held-out images")
+    e.add_argument("--clean-tolerance", dest="clean_tolerance", type=float, default=0.5)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int)
+    e.add_argument("--json", help="write every cell's numbers as JSON")
+    e.add_argument("--choose", action="store_true", help="store the best rule in the detector")
+    e.add_argument("--install", action="store_true", help="add the detector to --folder")
+    e.add_argument("--verbose", action="store_true")
+    e.set_defaults(func=_eval)
