@@ -67,6 +67,7 @@ NO_CORRUPTION = "none"
 TOP_K = 5
 PREVIEW_SIDE = 224  # the model-sized input is shown enlarged, pixels kept sharp
 LIMITS = RequestLimits()
+START_HINT = "Upload an image or pick an example to start."
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,7 +605,7 @@ def build_app(backend: Backend) -> gr.Blocks:
     def live_predict(*args: Any) -> tuple[Any, ...]:
         """``predict`` for page events: does nothing until there is an image."""
         if args[0] is None:
-            return (None, None, None, "", None)
+            return (None, None, None, START_HINT, None)
         return predict(*args)
 
     def corrupt_preview(image: str | bytes | None, corruption: str, severity: float) -> Any:
@@ -700,7 +701,7 @@ def build_app(backend: Backend) -> gr.Blocks:
                     buttons=[],
                 )
                 summary = gr.Markdown(
-                    "Upload an image or pick an example to start.",
+                    START_HINT,
                     label="Summary",
                     elem_id="rws-summary",
                 )
@@ -778,10 +779,10 @@ def build_app(backend: Backend) -> gr.Blocks:
         auto.change(compose, api_visibility="private", **compose_io).then(
             live_predict, inputs, outputs, api_visibility="private", **shared
         )
-        for slider in sliders:
-            slider.release(compose, api_visibility="private", **compose_io).then(
-                live_predict, inputs, outputs, api_visibility="private", **shared
-            )
+        for slider in sliders:  # dragging, or typing a number into the slider's box
+            slider.change(
+                compose, api_visibility="private", trigger_mode="always_last", **compose_io
+            ).then(live_predict, inputs, outputs, api_visibility="private", **shared)
         gr.on(
             [image.change, corruption.change, severity.release, mix_box.submit],
             live_predict,

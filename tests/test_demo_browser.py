@@ -120,6 +120,11 @@ def screenshot_path(model_folder: Path, tmp_path: Path) -> Path:
 
 
 def test_upload_pick_signature_submit_and_read_both(page, app_url, engine, model_folder, tmp_path):
+    outside: list[str] = []  # the page must not call out (fonts, analytics, CDNs)
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith((app_url, "data:", "blob:")) else outside.append(r.url),
+    )
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(app_url)
     page.locator("#rws-image").wait_for()
@@ -158,6 +163,7 @@ def test_upload_pick_signature_submit_and_read_both(page, app_url, engine, model
     summary = page.locator("#rws-summary").inner_text()
     assert f"{SIGNATURE} × " in summary
 
+    assert outside == []
     page.mouse.move(0, 0)  # no hover highlight in the picture
     out = screenshot_path(model_folder, tmp_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,14 @@ def _load_demo_app() -> Any:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.server is None:  # fail fast, before importing Gradio
+        from rws_hub.stack import default_folder
+
+        folder = Path(args.model) if args.model else default_folder()
+        if not (folder / "config.json").is_file():
+            hint = " (the embedded default; build it or pass --model)" if not args.model else ""
+            raise FileNotFoundError(f"{folder} is not a model folder{hint}")
+        args.model = str(folder)
     argv = ["--host", args.host, "--port", str(args.port)]
     for flag, value in (
         ("--model", args.model),
