@@ -224,7 +224,7 @@ class RequestParser:
             return max(1, min(self.default_top_k, self.num_classes))
         if isinstance(value, str) and text:
             text = value.strip()
-            if not text.isdigit() or len(text) > 6:
+            if not (text.isascii() and text.isdigit()) or len(text) > 6:  # not '²' (int fails)
                 raise RequestError(f"'top_k' must be an integer, got {value!r}", 400)
             value = int(text)
         elif isinstance(value, bool) or not isinstance(value, int):
