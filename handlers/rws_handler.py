@@ -206,6 +206,9 @@ class RWSHandler(BaseHandler):
                 valid.append((idx, self._parse_row(idx, row)))
             except RequestError as exc:
                 answers[idx] = self._error(idx, exc.status, str(exc))
+            except Exception:  # a parser bug answers this row only, not the whole batch
+                logger.exception("rws: could not parse request %d", idx)
+                answers[idx] = self._error(idx, 500, "the request could not be parsed")
         if valid:
             images = torch.stack([r.image for _, r in valid])
             try:
