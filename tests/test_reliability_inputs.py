@@ -294,6 +294,15 @@ def catalogue() -> list[Case]:
             headers={"X-RWS-Top-K": "three"},
         ),
         Case(
+            "X-RWS-Top-K superscript digit",
+            "raw",
+            GOOD,
+            400,
+            "top_k",
+            ctype="image/png",
+            headers={"X-RWS-Top-K": "\u00b2"},
+        ),
+        Case(
             "X-RWS-Signatures unknown",
             "raw",
             GOOD,
@@ -585,9 +594,13 @@ def test_defaults_bind_loopback_with_auth(tmp_path: Path) -> None:
         launch = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "launch"]
         assert launch, "demo/app.py has no launch()"
         args = launch[0].args
-        named = dict(
-            zip([a.arg for a in args.args][-len(args.defaults) :], args.defaults, strict=True)
-        )
+        positional = args.posonlyargs + args.args
+        named = {
+            a.arg: d
+            for a, d in zip(
+                positional[len(positional) - len(args.defaults) :], args.defaults, strict=True
+            )
+        }
         named.update(
             {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d}
         )
@@ -636,7 +649,12 @@ content_types = st.sampled_from(
 )
 queries = st.dictionaries(
     st.sampled_from(["signatures", "top_k", "other"]),
-    st.one_of(st.text(max_size=20), st.binary(max_size=20), st.lists(st.text(max_size=5))),
+    st.one_of(
+        st.text(max_size=20),
+        st.text(st.characters(categories=("Nd", "No")), max_size=4),  # '²', '３', '٣' ...
+        st.binary(max_size=20),
+        st.lists(st.text(max_size=5)),
+    ),
     max_size=3,
 )
 
@@ -699,6 +717,22 @@ def test_property_request_objects(signatures: Any, top_k: Any, extra: dict) -> N
     _valid(_parse_or_refuse(lambda: PARSER.parse(body)))
     raw = json.dumps(body).encode()
     _valid(_parse_or_refuse(lambda: PARSER.parse(raw, content_type="application/json")))
+
+
+@FAST
+@given(
+    top_k=st.text(
+        st.characters(categories=("Nd", "No")).filter(str.isdigit), min_size=1, max_size=3
+    )
+    | st.text(max_size=8),
+    signatures=st.text(max_size=16) | st.binary(max_size=16),
+    ctype=st.sampled_from(["image/png", "application/octet-stream", "image/x-anything"]),
+)
+def test_property_query_parameters(top_k: str, signatures: Any, ctype: str) -> None:
+    """A valid image with arbitrary query parameters / X-RWS-* header values (Unicode digits
+    such as '\u00b2' or '\u1369' included): parsed or refused with a 4xx, never another error."""
+    query = {"top_k": top_k, "signatures": signatures}
+    _valid(_parse_or_refuse(lambda: PARSER.parse(GOOD, content_type=ctype, query=query)))
 
 
 @FAST
