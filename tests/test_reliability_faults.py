@@ -391,3 +391,17 @@ def test_worker_killed_mid_load(server, engine) -> None:
     assert len(later) >= 60
     assert int(new["pid"]) != old_pid and not serving._pid_alive(old_pid)
     assert {w["status"] for w in workers(server)} == {"READY"}
+
+
+def test_pickled_backbone_is_refused(tmp_path) -> None:
+    """A pickle-bearing model.safetensors (listed in the manifest with its true digest) stops
+    the load with an ArtifactError naming the file; nothing is unpickled."""
+    folder = make_serving_folder(tmp_path / "tiny-vgg")
+    marker = tmp_path / "UNPICKLED"
+    torch.save({"features.0.weight": Payload(marker)}, folder / "model.safetensors")
+    _list_in_manifest(folder, "model.safetensors")
+    with pytest.raises(ArtifactError, match="model.safetensors"):
+        ModelFolder.load(folder)
+    with pytest.raises(ArtifactError):
+        Engine.from_folder(folder, device="cpu")
+    assert not marker.exists()
