@@ -513,7 +513,8 @@ def _slider_info(info: ModelInfo, name: str) -> str:
     m = (info.metrics.get("corruptions", {}) if info.metrics else {}).get(name, {})
     before, after = m.get("backbone_ra"), m.get("patched_ra")
     if isinstance(before, (int, float)) and isinstance(after, (int, float)):
-        return f"accuracy under {name} (severity 5): {_pct(before)} → {_pct(after)} patched"
+        sev = info.metrics.get("severity", 5)
+        return f"accuracy under {name} (severity {sev}): {_pct(before)} → {_pct(after)} patched"
     return f"default α {format_alpha(info.defaults[name])}"
 
 

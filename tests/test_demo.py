@@ -37,6 +37,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from demo import app as demo_app  # noqa: E402
 
+# Gradio's queue uses pandas options that pandas 3 deprecates (not this project's code).
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+
 EXAMPLE = REPO_ROOT / "demo" / "examples" / "airplane-fog.png"
 TOL = 1e-5
 RWS = [sys.executable, "-c", "import sys; from rws_hub.cli import main; sys.exit(main())"]

@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
 
 pytestmark = [
     pytest.mark.browser,
+    # Gradio's queue uses pandas options that pandas 3 deprecates (not this project's code).
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(),
         reason=f"{CHROMIUM} is missing (apt-get install -y chromium chromium-driver)",
