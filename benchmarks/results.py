@@ -1418,6 +1418,29 @@ def preserved(doc: Path, out: Path) -> str:
     return "\n\n".join(blocks)
 
 
+def _images_line(results: dict[str, dict[str, Any]]) -> str:
+    """Which test subset each measured section used."""
+    number = {k: i for i, k in enumerate(SECTIONS, 1)}
+    used = {
+        k: r["setup"]["test_images"] for k, r in results.items() if k not in ("layers", "cosine")
+    }
+    parts = []
+    sev = next((r["setup"]["severity"] for r in results.values()), 5)
+    if "main" in used:
+        parts.append(f"section 1 reads the zoo's own evaluation ({results['main']['eval_images']})")
+        del used["main"]
+    sizes = sorted(set(used.values()), reverse=True)
+    for n in sizes:
+        secs = ", ".join(str(number[k]) for k in used if used[k] == n)
+        parts.append(f"sections {secs}: the first {n} (one image = {100 / max(1, n):.2f} points)")
+    return (
+        "- CIFAR-10 test images used: "
+        + ("; ".join(parts) if parts else "none yet")
+        + ". Corrupted images are made with the project's batched CIFAR-10-C corruptions at "
+        f"severity {sev}, seeded as `rws eval` does."
+    )
+
+
 def write_doc(out: Path, doc: Path) -> str:
     """Regenerate the report from every ``<out>/<section>.json`` present."""
     results = {
@@ -1450,10 +1473,7 @@ def write_doc(out: Path, doc: Path) -> str:
             f"{s['quantization']} per channel.",
             f"- {len(s['corruptions'])} corruptions; sweeps (sections 4–7) use "
             f"{', '.join(s['sweep'])}.",
-            f"- Accuracies in sections 2–8 on the first {s['test_images']} CIFAR-10 test images "
-            "(section 1 reads the zoo's own evaluation, see its row count); corrupted images made "
-            "with the project's batched CIFAR-10-C corruptions, seeded as `rws eval` does. One "
-            f"image = {100 / max(1, s['test_images']):.2f} points.",
+            _images_line(results),
             "",
         ]
     else:
