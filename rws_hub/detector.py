@@ -25,6 +25,7 @@ cached in the output folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -165,6 +166,7 @@ class CorruptionDetector(nn.Module):
         conv_channels: output channels of the backbone's first conv (3x3, padding 1).
         conv_stride: evaluate conv1 at every ``conv_stride``-th pixel (2: a quarter of the
             positions; the outputs are exactly the backbone's conv1 outputs there).
+        dropout: dropout after each hidden layer while training.
         hidden: width of the head's two hidden layers.
         mean, std: the backbone's input normalisation (applied before conv1, as in the model).
     """
@@ -177,6 +179,7 @@ class CorruptionDetector(nn.Module):
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
         conv_stride: int = 2,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.classes = list(classes) if classes is not None else detector_classes()
@@ -194,11 +197,14 @@ class CorruptionDetector(nn.Module):
         n_feat = self.num_features
         self.register_buffer("feature_mean", torch.zeros(n_feat))
         self.register_buffer("feature_std", torch.ones(n_feat))
+        self.dropout = float(dropout)
         self.head = nn.Sequential(
             nn.Linear(n_feat, self.hidden),
             nn.ReLU(),
+            nn.Dropout(self.dropout),
             nn.Linear(self.hidden, self.hidden),
             nn.ReLU(),
+            nn.Dropout(self.dropout),
             nn.Linear(self.hidden, len(self.classes)),
         )
         self.conv.requires_grad_(False)
@@ -264,6 +270,7 @@ class CorruptionDetector(nn.Module):
             "conv_channels": self.conv_channels,
             "conv_stride": self.conv_stride,
             "hidden": self.hidden,
+            "dropout": self.dropout,
             "features": {
                 "conv1": ["mean", "log_std", "log_mean_abs_highpass", "mean_relu"],
                 "image": N_IMAGE_FEATURES,
@@ -292,6 +299,7 @@ class CorruptionDetector(nn.Module):
                 conv_channels=int(spec["conv_channels"]),
                 hidden=int(spec["hidden"]),
                 conv_stride=int(spec.get("conv_stride", 1)),
+                dropout=float(spec.get("dropout", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{WEIGHTS_NAME}: bad detector config ({exc})") from exc
@@ -615,6 +623,7 @@ class DetectorTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     hidden: int = 256
+    dropout: float = 0.2
     seed: int = 0
     chunk: int = 2000  # corrupted samples cached per file
 
@@ -731,12 +740,25 @@ def train_detector(
     det = CorruptionDetector(
         conv_channels=next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).out_channels,
         hidden=cfg.hidden,
+        dropout=cfg.dropout,
     )
     det.set_backbone_conv(backbone)
-    t = time.perf_counter()
-    f_train = batch_features(det, x_train)
-    f_held = batch_features(det, x_held)
-    log(f"features: {tuple(f_train.shape)} in {time.perf_counter() - t:.1f}s")
+    # Features depend on the samples and on conv1: cache them under a digest of both.
+    digest = hashlib.sha256(
+        det.conv.weight.detach().numpy().tobytes()
+        + det.conv.bias.detach().numpy().tobytes()
+        + json.dumps([cfg.images, cfg.heldout, cfg.seed, FEATURE_VERSION]).encode()
+    ).hexdigest()[:16]
+    fpath = out / "cache" / f"features-{digest}.safetensors"
+    if fpath.is_file():
+        cached = load_file(str(fpath))
+        f_train, f_held = cached["train"], cached["heldout"]
+    else:
+        t = time.perf_counter()
+        f_train = batch_features(det, x_train)
+        f_held = batch_features(det, x_held)
+        save_file({"train": f_train.contiguous(), "heldout": f_held.contiguous()}, str(fpath))
+        log(f"features: {tuple(f_train.shape)} in {time.perf_counter() - t:.1f}s")
     det.feature_mean.copy_(f_train.mean(0))
     det.feature_std.copy_(f_train.std(0).clamp_min(1e-4))
     y_train, y_held = train_plan["label"], held_plan["label"]

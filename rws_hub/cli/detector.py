@@ -150,7 +150,10 @@ def _eval(args: argparse.Namespace) -> int:
             f"accuracy within {args.clean_tolerance} point of unpatched",
             "chosen": best,
             "summary": {
-                label: {g: round(summary[g].get(label, float("nan")), 2) for g in summary}
+                label: {
+                    g: round(summary[g][label], 2) if label in summary[g] else None
+                    for g in ("clean", "sev5", "all")
+                }
                 for label in labels
             },
         }
