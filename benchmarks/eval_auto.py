@@ -155,7 +155,7 @@ def markdown(result: dict[str, Any]) -> str:
             "`top1@t`: the most probable class's signature at its default α when that class is "
             "a corruption with probability ≥ t, else nothing (`clean` on top → no patch); "
             "`top1×p@t`: the same at α = p; `weightedk@t`: the k most probable corruptions with "
-            "p ≥ t, each at α = p (`veto` v: nothing when p(clean) ≥ v).",
+            "p ≥ t, each at α = p; `veto` v: nothing when p(clean) ≥ v.",
             "",
         ]
     lines += [
@@ -212,7 +212,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "```",
         "rws detector train --folder model-store/cifar10-vgg16 --data ../shared/data/cifar10 \\",
-        "    --images 20000 --epochs 60 --out runs/zoo/cifar10-vgg16/detector",
+        "    --images 40000 --epochs 30 --out runs/zoo/cifar10-vgg16/detector",
         "rws detector eval --folder model-store/cifar10-vgg16 --data ../shared/data/cifar10 \\",
         "    --detector runs/zoo/cifar10-vgg16/detector --choose --install",
         "python benchmarks/eval_auto.py --folder model-store/cifar10-vgg16 \\",

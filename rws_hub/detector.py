@@ -338,8 +338,9 @@ class AutoRule:
       probability is below ``threshold``; else that corruption's signature at
       ``alpha`` = its default α (``strength="one"``) or default α × p (``"probability"``).
     * ``kind="weighted"``: the ``top_k`` most probable *corruptions* whose probability is at
-      least ``threshold``, each at default α × p (clean's probability mass is left unpatched),
-      unless ``"clean"`` has probability ≥ ``clean_veto``.
+      least ``threshold``, each at default α × p (clean's probability mass is left unpatched).
+
+    Either kind applies nothing when ``"clean"`` has probability ≥ ``clean_veto``.
     """
 
     kind: str = "top1"
@@ -361,10 +362,10 @@ class AutoRule:
     @property
     def label(self) -> str:
         """Short display name, e.g. ``top1@0.5`` or ``weighted3@0.1``."""
+        veto = "" if self.clean_veto >= 1.0 else f",veto{self.clean_veto:g}"
         if self.kind == "top1":
             suffix = "" if self.strength == "one" else "×p"
-            return f"top1{suffix}@{self.threshold:g}"
-        veto = "" if self.clean_veto >= 1.0 else f",veto{self.clean_veto:g}"
+            return f"top1{suffix}@{self.threshold:g}{veto}"
         return f"weighted{self.top_k}@{self.threshold:g}{veto}"
 
     def to_json(self) -> dict[str, Any]:
@@ -390,6 +391,8 @@ def rule_mix(
     absent). Alphas are rounded to 2 decimals so that similar images share patched weights.
     """
     alphas = alphas or {}
+    if float(probabilities.get(CLEAN, 0.0)) >= rule.clean_veto:
+        return Mix()
     ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
     usable = [(c, float(p)) for c, p in ranked if c == CLEAN or available is None or c in available]
     if rule.kind == "top1":
@@ -400,8 +403,6 @@ def rule_mix(
             return Mix()
         scale = 1.0 if rule.strength == "one" else p
         return Mix({top: round(alphas.get(top, 1.0) * scale, 2)})
-    if float(probabilities.get(CLEAN, 0.0)) >= rule.clean_veto:
-        return Mix()
     chosen = [(c, p) for c, p in usable if c != CLEAN and p >= rule.threshold][: rule.top_k]
     mix = {c: round(alphas.get(c, 1.0) * p, 2) for c, p in chosen}
     return Mix({c: a for c, a in mix.items() if a != 0.0})
@@ -613,12 +614,12 @@ class DetectorTrainConfig:
     """What decides a detector training run (saved as ``train.json`` in the output folder)."""
 
     data: str = "../shared/data/cifar10"
-    images: int = 20000  # training samples (each a train image with one random class)
+    images: int = 40000  # training samples (each a train image with one random class)
     heldout: int = 2000  # validation samples from train images not used for training
     heldout_start: int = 45000  # train images from here on are never used for training
     clean_share: float = 0.1  # share of samples left clean (the rest: 19 corruptions evenly)
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    epochs: int = 60
+    epochs: int = 30
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -1039,6 +1040,7 @@ CANDIDATE_RULES: dict[str, AutoRule] = {
         AutoRule("top1", 0.5),
         AutoRule("top1", 0.7),
         AutoRule("top1", 0.9),
+        AutoRule("top1", 0.3, clean_veto=0.3),
         AutoRule("top1", 0.5, strength="probability"),
         AutoRule("weighted", 0.1, top_k=3),
         AutoRule("weighted", 0.2, top_k=2),

@@ -65,6 +65,9 @@ def test_clean_on_top_gives_the_empty_mix() -> None:
     p = probs(clean=0.55, fog=0.3)
     assert rule_mix(p, AutoRule("weighted", 0.2)) == Mix({"fog": 0.3})
     assert rule_mix(p, AutoRule("weighted", 0.2, clean_veto=0.5)).is_empty
+    q = probs(fog=0.6, clean=0.35)
+    assert rule_mix(q, AutoRule("top1", 0.5)) == Mix({"fog": 1.0})
+    assert rule_mix(q, AutoRule("top1", 0.5, clean_veto=0.3)).is_empty
 
 
 def test_strength_alphas_and_available_signatures() -> None:
@@ -90,6 +93,7 @@ def test_rule_validation_and_json_round_trip() -> None:
     rule = AutoRule("weighted", 0.2, top_k=2, clean_veto=0.6)
     assert AutoRule.from_json(json.loads(json.dumps(rule.to_json()))) == rule
     assert rule.label == "weighted2@0.2,veto0.6"
+    assert AutoRule("top1", 0.3, clean_veto=0.3).label == "top1@0.3,veto0.3"
 
 
 def test_choose_rule_respects_the_clean_tolerance() -> None:

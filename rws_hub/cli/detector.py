@@ -11,7 +11,7 @@ from typing import Any
 EPILOG_TRAIN = """examples:
   # train on 20,000 corrupted CIFAR-10 training images (all severities), cache in runs/detector
   rws detector train --folder model-store/cifar10-vgg16 --data ../shared/data/cifar10 \\
-      --images 20000 --epochs 60 --out runs/detector
+      --images 40000 --epochs 30 --out runs/detector
   # a killed run resumes from its cached samples, features and last epoch: run it again
   # train against a backbone state instead of a folder, and add the result to a folder
   rws detector train --backbone runs/zoo/cifar10-vgg16/clean/final.safetensors \\
@@ -186,9 +186,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--backbone", help="or: a zoo state file (safetensors) of the backbone")
     t.add_argument("--data", default="../shared/data/cifar10", help="training data (rws_hub.data)")
     t.add_argument("--out", required=True, help="output / cache folder")
-    t.add_argument("--images", type=int, help="training samples (default 20000)")
+    t.add_argument("--images", type=int, help="training samples (default 40000)")
     t.add_argument("--heldout", type=int, help="held-out validation samples (default 2000)")
-    t.add_argument("--epochs", type=int, help="head training epochs (default 60)")
+    t.add_argument("--epochs", type=int, help="head training epochs (default 30)")
     t.add_argument("--batch-size", dest="batch_size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--hidden", type=int, help="head width (default 256)")
