@@ -563,16 +563,20 @@ def section_cosine(z: Zoo, png: Path) -> dict[str, Any]:
     ]
 
     fig, ax = plt.subplots(figsize=(10.5, 9))
-    im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
+    # colour range set by the off-diagonal values so their structure shows; diagonal = 1
+    vmax = max(0.1, math.ceil(float(np.abs(mat[off]).max()) * 10) / 10)
+    im = ax.imshow(mat, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
     ax.set_xticks(range(len(cs)), [_short(c) for c in cs], rotation=60, ha="right")
     ax.set_yticks(range(len(cs)), [_short(c) for c in cs])
     for i in range(len(cs)):
         for j in range(len(cs)):
-            ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=6)
+            dark = abs(mat[i, j]) > 0.6 * vmax
+            color = "white" if dark else "black"
+            ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=6, color=color)
     ax.set_title(
         f"Cosine similarity between signatures (K = {z.spec.layers}, {z.spec.quantization})"
     )
-    fig.colorbar(im, ax=ax, shrink=0.8, label="cosine")
+    fig.colorbar(im, ax=ax, shrink=0.8, label=f"cosine (colour clipped at ±{vmax:.1f})")
     _save(fig, png)
     return {
         "corruptions": cs,
