@@ -33,6 +33,7 @@ from rws_hub.detector import (
 )
 from rws_hub.engine import Engine
 from rws_hub.folder import ModelFolder
+from rws_hub.mix import Mix
 
 SECTION = "## Auto-patch: detecting the corruption"
 
@@ -79,6 +80,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["cells"].update(r["cells"])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
+    # The engine's own "auto" path (detector hook inside classify) must agree with the table.
+    check = next((c for c in cells if c.key == "fog@5"), None)
+    if check is not None and "auto_path_check" not in result:
+        n = min(200, len(check.x))
+        answers = engine.classify(check.x[:n].float().div(255), "auto", top_k=1)
+        mixes = [Mix(a["mix"]) for a in answers]
+        cached = predictor.predict([(check.key, i) for i in range(n)], check.x[:n], mixes)
+        same = sum(
+            engine.classes.index(a["predictions"][0]["class"]) == int(p)
+            for a, p in zip(answers, cached.tolist(), strict=True)
+        )
+        result["auto_path_check"] = {"cell": check.key, "images": n, "agree": same / n}
+        print(f"engine auto path vs table: {same}/{n} agree")
     result["summary"] = summarize(result, ["none", "auto", "oracle"])
     result["detector_config"] = {
         k: folder_cfg.get("detector", {}).get(k)
@@ -207,6 +221,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"0.5 point of unpatched — measured drop **{gap_clean:+.2f}** "
         f"({'met' if gap_clean <= 0.5 else 'missed'}). On clean test images auto applied no "
         f"patch to {applied['none']:.1%} of them.",
+        "",
+        "The table's auto column is computed from the detector's probabilities and the rule "
+        "(`rule_mix`), with one forward pass per distinct (image, mix); as a check, "
+        '`Engine.classify(images, "auto")` (the serving path) was run on '
+        + (
+            f"{result['auto_path_check']['images']} `{result['auto_path_check']['cell']}` "
+            f"images and agreed on {result['auto_path_check']['agree']:.0%} of the answers."
+            if "auto_path_check" in result
+            else "a sample."
+        ),
         "",
         "Reproduce (CPU, about 10 minutes with 2 threads):",
         "",
