@@ -138,36 +138,32 @@ def run_up(args: argparse.Namespace) -> int:
     )
     print(f"rws up: starting TorchServe for {folder} ...", flush=True)
     t0 = time.monotonic()
-    # SIGTERM stops the stack the way Ctrl-C does (also while it is starting).
+    # SIGTERM stops the stack the way Ctrl-C does, from the first moment to the last.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        stack = start_stack(opts, timeout=args.timeout)
-    except (StackError, serving.ServeError) as exc:
-        print(f"rws up: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        stop_stack(args.run_dir)
-        print("rws up: interrupted; stopped", flush=True)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    keys = "" if not opts.auth else f"\n  token keys:   {stack.server.key_file}"
-    print(
-        f"rws up: ready in {time.monotonic() - t0:.1f} s\n"
-        f"  web demo:     {stack.demo_url}\n"
-        f"  REST (POST):  {stack.inference_url}{keys}\n"
-        f"  logs:         {stack.run_dir}",
-        flush=True,
-    )
-    if args.detach:
-        print(
-            f"rws up: running in the background; stop with: rws up --stop --run-dir {args.run_dir}"
-        )
-        return 0
-    print("rws up: press Ctrl-C to stop both", flush=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stack = None
+    detached = False
     code = 0
     try:
+        try:
+            stack = start_stack(opts, timeout=args.timeout)
+        except (StackError, serving.ServeError) as exc:
+            print(f"rws up: error: {exc}", file=sys.stderr)
+            return 1
+        keys = "" if not opts.auth else f"\n  token keys:   {stack.server.key_file}"
+        print(
+            f"rws up: ready in {time.monotonic() - t0:.1f} s\n"
+            f"  web demo:     {stack.demo_url}\n"
+            f"  REST (POST):  {stack.inference_url}{keys}\n"
+            f"  logs:         {stack.run_dir}",
+            flush=True,
+        )
+        if args.detach:
+            detached = True
+            print(
+                f"rws up: running in the background; stop it: rws up --stop --run-dir {args.run_dir}"
+            )
+            return 0
+        print("rws up: press Ctrl-C to stop both", flush=True)
         while stack.alive():
             time.sleep(0.5)
         if not (stack.run_dir / "stack.json").exists():
@@ -178,10 +174,17 @@ def run_up(args: argparse.Namespace) -> int:
             code = 1
     except KeyboardInterrupt:
         print("\nrws up: stopping ...", flush=True)
+        if stack is None:  # interrupted while starting: whatever got recorded goes
+            stop_stack(args.run_dir)
+            code = 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
-        stack.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not detached:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if stack is not None:
+                stack.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous)
     print("rws up: stopped", flush=True)
     return code
 
