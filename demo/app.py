@@ -255,7 +255,9 @@ class RestBackend:
             status, raw = exc.code, exc.read()
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise RequestError(f"cannot reach the server at {url}: {reason}", 502) from None
+            raise RequestError(
+                f"cannot reach the server at {url}: {reason} (is `rws serve` running?)", 502
+            ) from None
         try:
             payload = json.loads(raw.decode("utf-8")) if raw else None
         except ValueError:
