@@ -425,6 +425,14 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
             f"- With {t} torch threads: (a) {ta:.0f} images/s, (b) {tb:.0f} images/s, "
             f"(b)/(a) = {tb / ta:.2f}."
         )
+    same = [r for r in results["signature_sweep"] if r["loaded"] == env["signatures"]]
+    if same:
+        r = same[0]
+        lines.append(
+            f"- Noise check: the loaded-signature sweep repeats workload (b) with all "
+            f"{env['signatures']} signatures (fewer variants interleaved) and measured "
+            f"{r['engine'] / r['backbone']:.2f} in this same run; read the ratio as a range."
+        )
     lines += [
         "",
         "## Memory (d)",
@@ -442,6 +450,10 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         f"{mem['engine']['signatures'] / mem['backbone_bytes']:.2f} |",
         f"| of which weight cache (after the run) | {mem['engine']['cache'] * mib:.1f} | "
         f"{mem['engine']['cache'] / mem['backbone_bytes']:.2f} |",
+        f"| weight cache of (b1) after the run (bound: cache_bytes = "
+        f"{results['cache_named']['max_bytes'] * mib:.0f} MiB) | "
+        f"{results['cache_named']['bytes'] * mib:.1f} | "
+        f"{results['cache_named']['bytes'] / mem['backbone_bytes']:.2f} |",
         "",
         f"Each signature covers {mem['signature_fraction'] * 100:.1f}% of the backbone's "
         f"parameters (the first {env['layers']} conv layers), so {env['signatures']} fp32 "
@@ -527,8 +539,9 @@ A signature on the first 7 of VGG-16's 13 convolutions covers {frac:.1%} of the 
 backbone: far below one model per corruption, but above the 1.2x target. The target needs the
 signatures to cost at most 0.2 backbones together: int8 deltas (0.56x for 19) or packed int4
 (0.28x) come close; keeping int4 codes resident and dequantising per weight build would be the
-next step. The weight cache is bounded separately (`cache_bytes`, default 256 MiB; empty after
-this run because random alphas never repeat).
+next step. The weight cache is bounded separately (`cache_bytes`, default 256 MiB): empty
+after (b) because random alphas never repeat, but under (b1)'s repeating mixes it holds patched
+weights worth many backbones; size it to the traffic (popular mixes x 1.7 MB here).
 
 **Threads and contention.** All figures use one torch thread; the machine's two cores are
 shared with a training job, so absolute images/s vary several-fold between runs while the
