@@ -747,7 +747,7 @@ def build_app(backend: Backend) -> gr.Blocks:
             )
         with gr.Accordion("Details (the raw answers)", open=False):
             details = gr.JSON(label="Details", elem_id="rws-details")
-        if names:
+        if names and (info.metrics or {}).get("corruptions"):
             with gr.Accordion(
                 "What each signature buys (accuracy on the corrupted test set)", open=False
             ):
