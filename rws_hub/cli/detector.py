@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -66,6 +67,13 @@ def _train(args: argparse.Namespace) -> int:
     )
     _, stored = load_detector(args.out)
     stored["cost"] = cost
+    conv = det.conv
+    stored["backbone"] = {
+        "source": args.backbone or args.folder,
+        "conv1_sha256": hashlib.sha256(
+            conv.weight.detach().numpy().tobytes() + conv.bias.detach().numpy().tobytes()
+        ).hexdigest(),
+    }
     save_detector(args.out, det, stored)
     if args.install:
         _install(args.folder, args.out)
