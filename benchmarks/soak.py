@@ -7,7 +7,7 @@ The same code runs in ``tests/test_soak.py`` (a few hundred requests) and here (
     .venv/bin/python benchmarks/soak.py --folder path/to/model-folder --requests 3000
 
 Without ``--folder`` a tiny model folder is made on the fly (the tests' VGG-16 at width 0.125
-with four random signatures). The server listens on loopback only, with token auth and
+with four random signatures and, unless ``--no-auto``, an untrained corruption detector). The server listens on loopback only, with token auth and
 batching on (``--batch-size``, ``--batch-delay``). Requests use persistent sessions, one per
 client thread, and mix three wire forms: JSON with the mix as an object, list or text, and raw
 image bytes with the mix in ``X-RWS-*`` headers. ``"auto"`` is sent too when the server's model
@@ -22,6 +22,7 @@ import base64
 import io
 import json
 import random
+import signal
 import socket
 import statistics
 import sys
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import requests
+import torch
 from PIL import Image
 
 from rws_hub import serving
@@ -58,6 +60,7 @@ class SoakResult:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     wall_s: float = 0.0
+    reference_s: float = 0.0
     throughput_rps: float = 0.0
     clients: int = 0
     distinct_mixes: int = 0
@@ -183,6 +186,7 @@ def run_soak(
     wall = time.perf_counter() - t0
 
     # the reference, after the load (one image at a time through the in-process engine)
+    t1 = time.perf_counter()
     parser = RequestParser.for_engine(engine)
     refs: dict[tuple[int, str, int], dict[str, Any]] = {}
     out = SoakResult(clients=clients, wall_s=round(wall, 2))
@@ -221,6 +225,7 @@ def run_soak(
         out.p50_ms, out.p99_ms = round(q[49], 2), round(q[98], 2)
         out.max_ms = round(max(latencies), 2)
     out.throughput_rps = round(out.requests / wall, 1) if wall > 0 else 0.0
+    out.reference_s = round(time.perf_counter() - t1, 2)
     return out
 
 
@@ -257,15 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads in the worker")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument("--no-auto", action="store_true", help="tiny folder without a detector")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: stop the server
+    torch.set_num_threads(1)  # the reference shares the CPUs with the server
 
     with tempfile.TemporaryDirectory(prefix="rws-soak-") as tmp:
         folder = args.folder
         if folder is None:
             sys.path.insert(0, str(REPO / "tests"))
-            from serving_helpers import make_serving_folder
+            from serving_helpers import add_test_detector, make_serving_folder
 
             folder = make_serving_folder(Path(tmp) / "tiny-vgg")
+            if not args.no_auto:
+                add_test_detector(folder)
         port, mport, xport, gport = _free_ports(4)
         opts = serving.ServeOptions(
             folder=folder,

@@ -64,6 +64,28 @@ def make_serving_folder(path: Path, names: tuple[str, ...] = NAMES) -> Path:
     return save_model_folder(path, model=model, config=config, signatures=sigs)
 
 
+def add_test_detector(folder: Path, seed: int = 3) -> Path:
+    """Give ``folder`` a corruption detector (so ``"auto"`` is served): untrained, with the
+    backbone's conv1 and a random head sharpened so that different images get different mixes
+    (rule: up to two corruptions with probability >= 0.1, alpha = default x probability)."""
+    from rws_hub.detector import CorruptionDetector, detector_classes
+    from rws_hub.folder import ModelFolder, add_detector
+
+    loaded = ModelFolder.load(folder)
+    torch.manual_seed(seed)
+    conv1 = next(m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d))
+    det = CorruptionDetector(
+        classes=detector_classes(list(loaded.signatures)),
+        hidden=32,
+        conv_channels=conv1.out_channels,
+    )
+    det.set_backbone_conv(loaded.model)
+    with torch.no_grad():
+        det.head[-1].weight.mul_(30)
+    config = det.spec() | {"rule": {"kind": "weighted", "threshold": 0.1, "top_k": 2}}
+    return add_detector(folder, det.state_dict(), config)
+
+
 def start_server(folder: Path, run_dir: Path, name: str = "tiny", **options: Any) -> serving.Server:
     """Start TorchServe for ``folder`` on free loopback ports (waits until READY).
 

@@ -1,5 +1,5 @@
 """A short soak of a real TorchServe (the long form is ``benchmarks/soak.py``): concurrent
-requests with random mixes through batching; every answer equals the single-request
+requests with random mixes (and "auto") through batching; every answer equals the single-request
 in-process reference, nothing fails, and the worker is never restarted."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from serving_helpers import (
     HAVE_TORCHSERVE,
+    add_test_detector,
     make_serving_folder,
     start_server,
     stop_server,
@@ -29,7 +30,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_serving_folder(tmp_path_factory.mktemp("folder") / "tiny-vgg")
+    """The tiny folder with a (random) corruption detector, so the soak sends "auto" too."""
+    return add_test_detector(make_serving_folder(tmp_path_factory.mktemp("folder") / "tiny-vgg"))
 
 
 @pytest.fixture(scope="module")
@@ -52,4 +54,5 @@ def test_short_soak(server, folder) -> None:
     assert result.answered == 400
     assert max(int(k) for k in result.batch_sizes) > 1, "no batching happened"
     assert result.distinct_mixes > 50 and set(result.forms) == {"json", "raw"}
+    assert engine.detector is not None and result.auto_requests > 20
     assert [(w["pid"], w["startTime"]) for w in workers(server)] == before
