@@ -251,26 +251,32 @@ class ZooBuilder:
         return results
 
     def metrics(self) -> dict[str, Any]:
-        """The measured numbers in the form the model folder's config keeps them."""
+        """The measured numbers in the form the model folder's config keeps them (accuracies
+        as fractions in [0, 1]; eval.json keeps percent)."""
         res = json.loads((self.work / "eval.json").read_text())
         bb = res["backbone"]
         sev = str(self.spec.severity)
         own_clean = bb["meta"].get("own_clean", {})
+
+        def frac(x: float | None) -> float | None:
+            return None if x is None else round(x / 100.0, 6)
+
         per = {}
         for c in self.spec.corruptions:
             row = bb["corrupted"][c][sev]
             per[c] = {
-                "backbone_ra": row["none"],
-                "patched_ra": row.get("own"),
-                "patched_ta": own_clean.get(c),
-                "robust_model_ra": res["robust_models"][c]["corrupted"],
-                "robust_model_ta": res["robust_models"][c]["clean"],
+                "backbone_ra": frac(row["none"]),
+                "patched_ra": frac(row.get("own")),
+                "patched_ta": frac(own_clean.get(c)),
+                "robust_model_ra": frac(res["robust_models"][c]["corrupted"]),
+                "robust_model_ta": frac(res["robust_models"][c]["clean"]),
             }
         return {
             "dataset": "cifar10",
+            "split": "test",
             "test_images": res["images"],
             "severity": self.spec.severity,
-            "clean_accuracy": bb["clean"]["none"],
+            "clean_accuracy": frac(bb["clean"]["none"]),
             "corruptions": per,
         }
 

@@ -34,7 +34,8 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     assert not folder.refused
     m = folder.config["metrics"]
     assert set(m["corruptions"]) == {"gaussian_noise", "contrast"}
-    assert 0 <= m["clean_accuracy"] <= 100 and m["test_images"] == 64
+    assert 0 <= m["clean_accuracy"] <= 1 and m["test_images"] == 64
+    assert all(0 <= v <= 1 for row in m["corruptions"].values() for v in row.values())
     sig = folder.signatures["gaussian_noise"]
     assert sig.layers == 7 and len(sig.tensors) == 14  # weight + bias of 7 conv layers
     assert sig.quantization and sig.quantization["bits"] == 8
