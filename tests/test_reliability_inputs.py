@@ -531,10 +531,61 @@ def test_multipart_and_form_bodies_are_refused(server) -> None:
     """Form encodings the handler does not speak get a 4xx, not a crash."""
     s = session(server)
     r = s.post(server.inference_url, files={"file": ("x.png", GOOD, "image/png")}, timeout=60)
-    assert 400 <= r.status_code < 500 and "error" in r.json()
+    assert r.status_code == 400 and "no body" in r.json()["error"]
+    r = s.post(server.inference_url, files={"data": ("x.png", GOOD, "image/png")}, timeout=60)
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
     r = s.post(server.inference_url, data={"image": b64(GOOD)}, timeout=60)
-    assert 400 <= r.status_code < 500 and "error" in r.json()
+    assert r.status_code == 400 and "no body" in r.json()["error"]
     assert {w["status"] for w in workers(server)} == {"READY"}
+
+
+@pytest.mark.server
+@needs_server
+def test_protocol_level_oddities(server, engine) -> None:
+    """What the frontend refuses before the handler: an oversized header, unknown models and
+    versions, a management call with the inference key, registering a model; a client that
+    promises a body and hangs up; chunked bodies and PUT are served. The worker stays."""
+    import socket
+
+    before = workers(server)
+    base, h = server.opts.inference_url, server.headers()
+    r = requests.post(
+        server.inference_url,
+        data=GOOD,
+        headers={**h, "Content-Type": "image/png", "X-RWS-Signatures": "fog:1," * 20000},
+        timeout=30,
+    )
+    assert r.status_code == 400  # Netty: "Invalid HTTP message." (header too long)
+    for path, status in (("/predictions/nope", 404), ("/predictions/tiny/9.9", 404)):
+        r = requests.post(base + path, json={"image": b64(GOOD)}, headers=h, timeout=30)
+        assert r.status_code == status, (path, r.text)
+    mgmt = server.opts.management_url
+    r = requests.get(f"{mgmt}/models", headers=h, timeout=30)  # the inference key
+    assert r.status_code in (400, 401, 403) and "Token" in r.text
+    r = requests.post(
+        f"{mgmt}/models",
+        params={"url": "http://127.0.0.1:9/x.mar"},
+        headers=server.headers("management"),
+        timeout=30,
+    )
+    assert r.status_code == 405  # enable_model_api=false
+    with socket.create_connection(("127.0.0.1", server.opts.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /predictions/tiny HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+            + h["Authorization"].encode()
+            + b"\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\nabc"
+        )
+    want = expected(engine, GOOD, "fog:0.5", 3)
+    chunks = iter([GOOD[:50], GOOD[50:]])
+    hdrs = {**h, "Content-Type": "image/png", "X-RWS-Signatures": "fog:0.5", "X-RWS-Top-K": "3"}
+    r = requests.post(server.inference_url, data=chunks, headers=hdrs, timeout=30)
+    assert r.status_code == 200 and same_answer(r.json(), want)
+    r = requests.put(server.inference_url, data=GOOD, headers=hdrs, timeout=30)
+    assert r.status_code == 200 and same_answer(r.json(), want)
+    after = workers(server)
+    assert [(w["pid"], w["startTime"]) for w in after] == [
+        (w["pid"], w["startTime"]) for w in before
+    ]
 
 
 @pytest.mark.server
