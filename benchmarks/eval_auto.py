@@ -35,6 +35,7 @@ from rws_hub.detector import (
 )
 from rws_hub.engine import Engine
 from rws_hub.folder import ModelFolder
+from rws_hub.lineage import fingerprint
 from rws_hub.mix import Mix
 from rws_hub.models import CIFAR10_CLASSES
 from rws_hub.zoo import ZooSpec, load_state_model
@@ -73,9 +74,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if result.get("setup") != setup:
         result = {"setup": setup, "cells": {}}
+    if backbone is None:
+        backbone = ModelFolder.load(args.folder, signatures=None).model
+    digest = fingerprint(backbone)
     if "cost" not in result:
-        if backbone is None:
-            backbone = ModelFolder.load(args.folder, signatures=None).model
         result["cost"] = measure_cost(det, backbone, batch=256, repeats=7)
         print(
             f"cost: {result['cost']['flops_ratio']:.2%} FLOPs, "
@@ -89,12 +91,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     cells.sort(key=lambda c: -c.severity if c.severity else -99)  # clean, then sev 5, 4, ...
     predictor = CachedPredictor(engine)
+    # Predictions persist per backbone, so a run on the model folder reuses the unpatched
+    # ("none") predictions of an earlier run on the same backbone state.
+    cache_path = out.with_suffix(".predictions.json")
+    stored = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if stored.get("backbone") == digest and stored.get("seed") == args.seed:
+        for k, v in stored["entries"].items():
+            cell, i, mix = k.split("|")
+            predictor.cache[((cell, int(i)), Mix.parse(mix or None))] = v
+
+    def save_cache() -> None:
+        entries = {f"{c}|{i}|{m}": v for ((c, i), m), v in predictor.cache.items()}
+        cache_path.write_text(
+            json.dumps({"backbone": digest, "seed": args.seed, "entries": entries})
+        )
+
     t0 = time.perf_counter()
     for cell in cells:
         if cell.key in result["cells"]:
             continue
         r = evaluate_auto(engine, det, [cell], rules, predictor=predictor, log=print)
         result["cells"].update(r["cells"])
+        save_cache()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
     # The engine's own "auto" path (detector hook inside classify) must agree with the table.
