@@ -56,3 +56,16 @@ def test_short_soak(server, folder) -> None:
     assert result.distinct_mixes > 50 and set(result.forms) == {"json", "raw"}
     assert engine.detector is not None and result.auto_requests > 20
     assert [(w["pid"], w["startTime"]) for w in workers(server)] == before
+
+
+def test_soak_detects_wrong_answers(server, folder) -> None:
+    """The comparison is not vacuous: against a reference with other weights, every answer of
+    a small soak is a mismatch."""
+    import torch
+
+    engine = Engine.from_folder(folder, device="cpu", max_alpha=3.0)
+    with torch.no_grad():
+        last = [m for m in engine.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias.add_(torch.linspace(-2.0, 2.0, last.bias.numel()))
+    result = run_soak(server, engine, total=24, clients=4, seed=3, max_seconds=30)
+    assert result.errors == 0 and result.mismatches == result.answered == 24
