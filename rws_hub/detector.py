@@ -576,30 +576,36 @@ def measure_cost(
     repeats: int = 5,
     size: tuple[int, int] = (32, 32),
 ) -> dict[str, float]:
-    """Detector vs backbone: FLOPs per image and median wall time of a batch (this machine)."""
+    """Detector vs backbone: FLOPs per image and wall time of a batch (this machine).
+
+    The two are timed alternately, ``repeats`` times; ``time_ratio`` is the median of the
+    per-round ratios, so that a machine whose load changes affects both sides alike."""
     x = torch.rand(batch, 3, *size)
+    detector.eval()
+    backbone.eval()
 
-    def timed(fn: Any) -> float:
-        with torch.inference_mode():
-            fn(x)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn(x)
-                times.append(time.perf_counter() - t)
-        return sorted(times)[len(times) // 2]
+    def once(fn: Any) -> float:
+        t = time.perf_counter()
+        fn(x)
+        return time.perf_counter() - t
 
+    det_t, bb_t = [], []
+    with torch.inference_mode():
+        detector(x)
+        backbone(x)
+        for _ in range(repeats):
+            det_t.append(once(detector))
+            bb_t.append(once(backbone))
+    ratios = sorted(d / b for d, b in zip(det_t, bb_t, strict=True))
     det_f = detector_flops(detector, size)
     bb_f = 2 * conv_macs(backbone, size)
-    det_t = timed(detector.eval())
-    bb_t = timed(backbone.eval())
     return {
         "detector_flops": det_f,
         "backbone_flops": bb_f,
         "flops_ratio": det_f / bb_f,
-        "detector_ms_per_batch": 1000 * det_t,
-        "backbone_ms_per_batch": 1000 * bb_t,
-        "time_ratio": det_t / bb_t,
+        "detector_ms_per_batch": 1000 * sorted(det_t)[len(det_t) // 2],
+        "backbone_ms_per_batch": 1000 * sorted(bb_t)[len(bb_t) // 2],
+        "time_ratio": ratios[len(ratios) // 2],
         "batch": batch,
         "threads": torch.get_num_threads(),
     }
