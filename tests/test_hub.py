@@ -192,7 +192,13 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_push_to_closed_port_fails_at_the_network(built: Path) -> None:
+def test_push_to_closed_port_fails_at_the_network(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the suite may run with HF_HUB_OFFLINE=1 (read at import): this test needs the online path
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(Exception) as info:  # the HTTP client's connection error
         push_to_hub(built, "owner/tiny", token="hf_test", endpoint=endpoint)
