@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     predictor = CachedPredictor(engine)
     # Predictions persist per backbone, so a run on the model folder reuses the unpatched
     # ("none") predictions of an earlier run on the same backbone state.
-    cache_path = out.with_suffix(".predictions.json")
+    cache_path = Path(args.cache) if args.cache else out.with_suffix(".predictions.json")
     stored = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if stored.get("backbone") == digest and stored.get("seed") == args.seed:
         for k, v in stored["entries"].items():
@@ -316,6 +316,7 @@ def main() -> None:
     p.add_argument("--cost-threads", dest="cost_threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results_auto.json")
     p.add_argument("--markdown", help="write the Auto-patch section into this file")
+    p.add_argument("--cache", help="prediction cache (default: beside --out, .predictions.json)")
     args = p.parse_args()
     result = run(args)
     if args.markdown:
