@@ -57,8 +57,8 @@ if str(REPO_ROOT) not in sys.path:
 from demo import app as demo_app  # noqa: E402
 
 EMBEDDED = REPO_ROOT / "model-store" / "cifar10-vgg16"
-EXAMPLE = REPO_ROOT / "demo" / "examples" / "airplane-fog.png"
-SIGNATURE = "fog"
+EXAMPLE = REPO_ROOT / "demo" / "examples" / "automobile-gaussian_noise.png"
+SIGNATURE = "gaussian_noise"
 
 
 @pytest.fixture(scope="session")
@@ -140,14 +140,14 @@ def test_upload_pick_signature_submit_and_read_both(page, app_url, engine, model
     page.locator(f"#rws-alpha-{SIGNATURE}").wait_for(state="visible")
     mix = page.locator("#rws-mix textarea, #rws-mix input").first
     page.wait_for_function(
-        "el => el.value.startsWith('fog:')", arg=mix.element_handle(), timeout=60_000
+        f"el => el.value.startsWith('{SIGNATURE}:')", arg=mix.element_handle(), timeout=60_000
     )
     alpha = float(mix.input_value().split(":")[1])
     assert alpha == engine.defaults[SIGNATURE]
 
     page.locator("#rws-run").click()
     page.wait_for_function(
-        "() => document.querySelector('#rws-summary').innerText.includes('fog')",
+        f"() => document.querySelector('#rws-summary').innerText.includes('{SIGNATURE}')",
         timeout=60_000,
     )
     page.wait_for_load_state("networkidle")
