@@ -1546,13 +1546,16 @@ def write_doc(out: Path, doc: Path) -> str:
     return text
 
 
-def run_sections(args: argparse.Namespace, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Run the given sections on the zoo, write their JSON and PNG, then the report."""
+def run_sections(
+    args: argparse.Namespace, keys: Iterable[str], zoo: Zoo | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run the given sections on the zoo, write their JSON and PNG, then the report. Pass
+    ``zoo`` (made from the same ``args``) to reuse its loaded models and corrupted images."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out, doc = Path(args.out), Path(args.doc)
     out.mkdir(parents=True, exist_ok=True)
-    z = Zoo(args)
+    z = zoo or Zoo(args)
     done = {}
     for key in keys:
         t0 = time.time()
