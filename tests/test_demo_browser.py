@@ -17,6 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import re  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -102,6 +103,21 @@ def read_label(page, elem_id: str) -> list[tuple[str, int]]:
     return [(cls.strip(), round(float(pct))) for cls, pct in rows]
 
 
+def settled_labels(page, timeout: float = 60.0) -> tuple[list, list]:
+    """Both labels once the page has settled: five rows each, the same on two reads 0.5 s
+    apart (the page re-runs the prediction on several events; a read must not catch a
+    re-render half way)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        now = (read_label(page, "rws-clean"), read_label(page, "rws-patched"))
+        if len(now[0]) == 5 and len(now[1]) == 5 and now == last:
+            return now
+        last = now
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the predictions did not settle: {last}")
+
+
 def engine_rows(engine: Engine, x: torch.Tensor, mix) -> list[tuple[str, float]]:
     answer = engine.classify(x[None], [mix], top_k=5)[0]
     return [(p["class"], 100 * p["probability"]) for p in answer["predictions"]]
@@ -158,8 +174,7 @@ def test_upload_pick_signature_submit_and_read_both(page, app_url, engine, model
     )
 
     x = decode_image(EXAMPLE.read_bytes(), engine.input_size)
-    clean, patched = read_label(page, "rws-clean"), read_label(page, "rws-patched")
-    assert len(clean) == 5 and len(patched) == 5
+    clean, patched = settled_labels(page)
     assert_rows(clean, engine_rows(engine, x, None))
     assert_rows(patched, engine_rows(engine, x, {SIGNATURE: alpha}))
     summary = page.locator("#rws-summary").inner_text()
