@@ -321,6 +321,9 @@ def test_cli_train_eval_install(backbone, tiny_cifar: Path, tmp_path: Path, caps
                  "--heldout", "40", "--epochs", "2", "--hidden", "16"]) == 0  # fmt: skip
     assert "of the backbone's FLOPs" in capsys.readouterr().out
     assert "cost" in json.loads((out / "detector.json").read_text())
+    assert Engine.from_folder(root, device="cpu").detector is None
+    assert main(["detector", "install", "--folder", str(root), "--detector", str(out)]) == 0
+    assert Engine.from_folder(root, device="cpu").detector is not None
     assert main(["detector", "eval", *common, "--detector", str(out), "--start", "200",
                  "--per-cell", "1", "--clean", "20", "--choose", "--install"]) == 0  # fmt: skip
     text = capsys.readouterr().out

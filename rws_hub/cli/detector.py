@@ -18,6 +18,8 @@ EPILOG_TRAIN = """examples:
   rws detector train --backbone runs/zoo/cifar10-vgg16/clean/final.safetensors \\
       --out runs/zoo/cifar10-vgg16/detector
   rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector --choose --install
+  # add an already evaluated detector to a folder
+  rws detector install --folder model-store/cifar10-vgg16 --detector runs/detector
 """
 
 EPILOG_EVAL = """examples:
@@ -205,6 +207,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--install", action="store_true", help="add the result to --folder")
     t.set_defaults(func=_train)
+
+    i = verbs.add_parser(
+        "install",
+        help="add a trained detector to a model folder",
+        description="Write detector.safetensors and config['detector'] (from detector.json) "
+        "into a model folder and rewrite its manifest (the folder must verify first).",
+    )
+    i.add_argument("--folder", required=True, help="model folder")
+    i.add_argument("--detector", required=True, help="detector folder (from rws detector train)")
+    i.set_defaults(func=lambda a: _install(a.folder, a.detector) or 0)
 
     e = verbs.add_parser(
         "eval",
