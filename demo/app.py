@@ -477,8 +477,17 @@ THEME = gr.themes.Soft(
 )
 
 
+def _as_percent(x: Any) -> float | None:
+    """An accuracy or probability in percent: fractions (<= 1) are scaled, percentages (the
+    zoo writes accuracies as 80.15) kept."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return 100.0 * float(x) if abs(float(x)) <= 1.0 else float(x)
+
+
 def _pct(x: Any) -> str:
-    return f"{100 * float(x):.0f}%" if isinstance(x, (int, float)) else "–"
+    value = _as_percent(x)
+    return "–" if value is None else f"{value:.0f}%"
 
 
 def _mix_text(mix: Mix | dict[str, float]) -> str:
@@ -501,12 +510,8 @@ def _metrics_rows(info: ModelInfo) -> list[list[str]]:
     rows = []
     for name in info.defaults:
         m = per.get(name, {})
-        before, after = m.get("backbone_ra"), m.get("patched_ra")
-        gain = (
-            f"+{100 * (after - before):.1f}"
-            if isinstance(before, (int, float)) and isinstance(after, (int, float))
-            else "–"
-        )
+        before, after = _as_percent(m.get("backbone_ra")), _as_percent(m.get("patched_ra"))
+        gain = f"{after - before:+.1f}" if before is not None and after is not None else "–"
         rows.append([name, _pct(before), _pct(after), gain, format_alpha(info.defaults[name])])
     return rows
 
@@ -514,9 +519,9 @@ def _metrics_rows(info: ModelInfo) -> list[list[str]]:
 def _slider_info(info: ModelInfo, name: str) -> str:
     m = (info.metrics.get("corruptions", {}) if info.metrics else {}).get(name, {})
     before, after = m.get("backbone_ra"), m.get("patched_ra")
-    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+    if _as_percent(before) is not None and _as_percent(after) is not None:
         sev = info.metrics.get("severity", 5)
-        return f"accuracy under {name} (severity {sev}): {_pct(before)} → {_pct(after)} patched"
+        return f"accuracy under {name}, severity {sev}: {_pct(before)} → {_pct(after)} patched"
     return f"default α {format_alpha(info.defaults[name])}"
 
 

@@ -231,6 +231,19 @@ def test_info_and_corrupt_endpoints(client, engine):
     assert torch.equal(torch.from_numpy(np.array(small.convert("RGB"))), want)
 
 
+def test_accuracies_show_as_percent_whether_stored_as_fractions_or_percent():
+    assert demo_app._pct(0.8015) == "80%" and demo_app._pct(80.15) == "80%"
+    assert demo_app._pct(None) == "–"
+    info = demo_app.ModelInfo(
+        name="m",
+        classes=["a", "b"],
+        input_size=(32, 32),
+        defaults={"fog": 1.0},
+        metrics={"corruptions": {"fog": {"backbone_ra": 55.8, "patched_ra": 72.9}}},
+    )
+    assert demo_app._metrics_rows(info) == [["fog", "56%", "73%", "+17.1", "1"]]
+
+
 def test_rws_demo_prints_the_url_and_stops_on_ctrl_c(folder):
     """`rws demo` as a user runs it: prints the URL, serves the page, exits 0 on SIGINT."""
     port = free_port()
