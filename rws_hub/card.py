@@ -137,9 +137,17 @@ def card_data(config: Mapping[str, Any]) -> ModelCardData:
     )
 
 
-def _pct(value: Any) -> str:
+def _percent_factor(metrics: Mapping[str, Any]) -> float:
+    """100 for fractions in [0, 1] (the folder format), 1 when the numbers are already percent."""
+    nums = [_number(clean_accuracy(metrics))] + [
+        _number(v) for row in per_corruption(metrics).values() for v in row.values()
+    ]
+    return 1.0 if any(x is not None and x > 1.0 for x in nums) else 100.0
+
+
+def _pct(value: Any, factor: float = 100.0) -> str:
     number = _number(value)
-    return "-" if number is None else f"{100 * number:.2f}"
+    return "-" if number is None else f"{factor * number:.2f}"
 
 
 def _body(config: Mapping[str, Any]) -> str:
@@ -187,8 +195,9 @@ def _body(config: Mapping[str, Any]) -> str:
         "",
     ]
     ta = clean_accuracy(metrics)
+    factor = _percent_factor(metrics)
     if _number(ta) is not None:
-        lines += [f"Clean test accuracy (TA) of the backbone: {_pct(ta)} %", ""]
+        lines += [f"Clean test accuracy (TA) of the backbone: {_pct(ta, factor)} %", ""]
     ra = per_corruption(metrics)
     if ra:
         keys = list(dict.fromkeys(k for values in ra.values() for k in values))
@@ -203,14 +212,14 @@ def _body(config: Mapping[str, Any]) -> str:
         ]
         for corruption, values in ra.items():
             lines.append(
-                f"| {corruption} | " + " | ".join(_pct(values.get(k)) for k in keys) + " |"
+                f"| {corruption} | " + " | ".join(_pct(values.get(k), factor) for k in keys) + " |"
             )
         if len(ra) > 1:
             means = []
             for k in keys:
                 nums = [_number(v.get(k)) for v in ra.values()]
                 nums = [x for x in nums if x is not None]
-                means.append(_pct(sum(nums) / len(nums)) if nums else "-")
+                means.append(_pct(sum(nums) / len(nums), factor) if nums else "-")
             lines.append("| **mean** | " + " | ".join(means) + " |")
         lines.append("")
     if not ra and _number(ta) is None:

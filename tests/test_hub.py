@@ -62,6 +62,12 @@ def test_model_card_parses_with_huggingface_hub(built: Path) -> None:
     assert "| **mean** | 41.00 | 71.00 | 88.00 |" in text
 
 
+def test_model_card_accepts_percent() -> None:
+    metrics = {"clean_accuracy": 80.15, "corruptions": {"fog": {"patched_ra": 72.9}}}
+    text = model_card({"architecture": "vgg16_cifar", "classes": ["a"], "metrics": metrics})
+    assert "80.15 %" in text and "| fog | 72.90 |" in text
+
+
 def test_model_card_without_metrics_has_no_model_index() -> None:
     text = model_card({"architecture": "vgg16_cifar", "classes": ["a", "b"], "metrics": {}})
     card = ModelCard(text)
