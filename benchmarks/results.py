@@ -1241,8 +1241,10 @@ WHY: dict[str, str] = {
     "'discriminative' holds between families more than within them. Removing the component "
     "along τ_std lowers the similarity of the raw robust task vectors, which all share the clean "
     "fine-tuning direction.",
-    "alpha": "Our robust fine-tuning is short, so the signatures are short vectors and α > 1 "
-    "extrapolates along them. Exact removal is by design: `patch` keeps copies "
+    "alpha": "Between 0 and 1, α interpolates smoothly, which is the strength knob the paper "
+    "describes. α = 1 puts the patched layers where the dedicated model's are, up to the clean "
+    "component; beyond it the patch overshoots that point, so RA can fall again while TA keeps "
+    "dropping. Exact removal is by design: `patch` keeps copies "
     "of the touched tensors and copies them back, instead of subtracting α·v (which would not "
     "round-trip in floating point).",
     "depth": "The paper sweeps K on fully trained models; ours are fine-tuned briefly, and the "
