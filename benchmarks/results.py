@@ -945,8 +945,8 @@ def render_compose(r: dict[str, Any]) -> str:
     cs = list(r["base_ra"])
     lines += [
         "",
-        f"Pairs: applying both costs {np.mean(loss):+.1f} points on average against the own "
-        f"signature alone (range {min(loss):+.1f} … {max(loss):+.1f}); both together beat the "
+        f"Pairs: applying both costs {np.mean(loss):.1f} points on average against the own "
+        f"signature alone (range {min(loss):.1f} … {max(loss):.1f}); both together beat the "
         f"unpatched model on both corruptions for {beats_none} of {len(pairs)} pairs.",
         "",
         f"All {al['n']} standard signatures at once (RA on all {len(cs)} corruptions; * = not "
@@ -1369,7 +1369,14 @@ def _verdict(key: str, r: dict[str, Any]) -> str:
             f"{how}: a pair costs {np.mean(loss):.1f} RA points on average against each "
             f"signature alone; all {al['n']} at once with {al['best']} give a mean RA of "
             f"{best['mean_ra']:.1f} against {base:.1f} unpatched (TA {best['ta']:.1f} vs "
-            f"{r['base_ta']:.1f})."
+            f"{r['base_ta']:.1f}). "
+            + " ".join(
+                f"With {rule}: TA {v['ta']:.1f}, mean RA {v['mean_ra']:.1f}."
+                for rule, v in al["rules"].items()
+                if rule != al["best"]
+            )
+            + " The rule is a trade-off between robustness and clean accuracy; the score weighs "
+            "the clean test set as one more condition."
         )
     if key == "quant":
         sc = r["schemes"]
