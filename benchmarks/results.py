@@ -1263,7 +1263,10 @@ WHY: dict[str, str] = {
     "transfer": "The paper transfers across data sets (e.g. a signature from one data set on "
     "a model fine-tuned on another from the same θ_pre). On this CPU budget we test the "
     "updated-backbone case instead: it needs one short clean fine-tuning "
-    "({epochs}) instead of a second zoo of robust models on a second data set.",
+    "({epochs}) instead of a second zoo of robust models on a second data set. The update is "
+    "small (θ_std' moved {drift:.1%} of its norm, {drift_k:.1%} on the patched layers): a "
+    "continual update of the kind the claim names, not a change of data set; larger drifts and "
+    "cross-data-set transfer are not measured here.",
 }
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -1419,6 +1422,8 @@ def _why_text(key: str, r: dict[str, Any]) -> str:
         share=share,
         share_k=s["layers"],
         epochs=_epochs(r.get("epochs", 0)),
+        drift=r.get("drift", {}).get("all", 0.0),
+        drift_k=r.get("drift", {}).get("signature_layers", 0.0),
     )
 
 
