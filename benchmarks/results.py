@@ -1496,7 +1496,8 @@ def _images_line(results: dict[str, dict[str, Any]]) -> str:
     sizes = sorted(set(used.values()), reverse=True)
     for n in sizes:
         secs = ", ".join(str(number[k]) for k in used if used[k] == n)
-        parts.append(f"sections {secs}: the first {n} (one image = {100 / max(1, n):.2f} points)")
+        word = "sections" if "," in secs else "section"
+        parts.append(f"{word} {secs}: the first {n} (one image = {100 / max(1, n):.2f} points)")
     return (
         "- CIFAR-10 test images used: "
         + ("; ".join(parts) if parts else "none yet")
