@@ -54,7 +54,7 @@ class ZooSpec:
     corruptions: list[str] = field(default_factory=_all_corruptions)
     layers: int = 7
     quantization: str = "int8"  # fp32 | int8 | int4 | log8
-    eval_limit: int | None = 2000  # test images (None = the whole test set)
+    eval_limit: int | None = None  # test images (None = the whole test set)
     jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
     seed: int = 0
 
@@ -223,6 +223,10 @@ class ZooBuilder:
         path = self.work / "eval.json"
         results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         test = load_images(self.spec.data, "test").subset(self.spec.eval_limit)
+        if results.get("images") not in (None, len(test)):
+            # measured on another number of test images: keep it aside, measure again
+            path.rename(path.with_name(f"eval-{results['images']}.json"))
+            results = {}
         sev = self.spec.severity
         if "backbone" not in results:
             model = load_state_model(self.spec, self.work / "clean/final.safetensors")

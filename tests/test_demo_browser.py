@@ -2,10 +2,9 @@
 
 Uploads a corrupted CIFAR-10 example, picks its signature, submits, reads both predictions off
 the page and checks them against the engine; a bad upload shows a readable message. The first
-test saves a full-page screenshot: on the embedded default model (``model-store/cifar10-vgg16``)
-it is written to ``docs/demo.png`` (the picture in the README), on the tiny fixture model (a
-checkout without the embedded model) into the test's temporary folder. ``RWS_SCREENSHOT=path``
-sends it elsewhere.
+test saves a full-page screenshot into the test's temporary folder; ``RWS_SCREENSHOT=path`` sends
+it elsewhere, e.g. ``RWS_SCREENSHOT=docs/demo.png`` refreshes the README's picture (tests never
+write into the checkout on their own).
 """
 
 from __future__ import annotations
@@ -129,11 +128,9 @@ def assert_rows(got: list[tuple[str, int]], want: list[tuple[str, float]]) -> No
         assert abs(pct - p) <= 1.0, (got, want)
 
 
-def screenshot_path(model_folder: Path, tmp_path: Path) -> Path:
+def screenshot_path(tmp_path: Path) -> Path:
     if os.environ.get("RWS_SCREENSHOT"):
         return Path(os.environ["RWS_SCREENSHOT"])
-    if model_folder == EMBEDDED:
-        return REPO_ROOT / "docs" / "demo.png"
     return tmp_path / "demo.png"
 
 
@@ -182,7 +179,7 @@ def test_upload_pick_signature_submit_and_read_both(page, app_url, engine, model
 
     assert outside == []
     page.mouse.move(0, 0)  # no hover highlight in the picture
-    out = screenshot_path(model_folder, tmp_path)
+    out = screenshot_path(tmp_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 20_000

@@ -43,6 +43,11 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     manifest = (Path(spec.export) / "manifest.json").read_text()
     ZooBuilder(spec, progress=False).run(("pretrain", "clean", "robust", "extract", "evaluate"))
     assert (Path(spec.export) / "manifest.json").read_text() == manifest
+    # another test-set size measures again and keeps the earlier measurement aside
+    spec.eval_limit = 32
+    ZooBuilder(spec, progress=False).run(("evaluate", "export"))
+    assert (Path(spec.work) / "eval-64.json").is_file()
+    assert ModelFolder.load(spec.export).config["metrics"]["test_images"] == 32
     # the backbone of the folder is the clean fine-tuned model
     x = torch.rand(2, 3, 32, 32)
     assert folder.model(x).shape == (2, 10)
