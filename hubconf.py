@@ -3,6 +3,7 @@
     model = torch.hub.load("<owner>/rws-hub", "cifar10_vgg16", signatures="all")
     model = torch.hub.load("/path/to/clone", "cifar10_vgg16", source="local",
                            patch={"fog": 1.0})
+    model = torch.hub.load("/path/to/clone", "cifar10_vgg16", source="local", patch="auto")
     sig = torch.hub.load("/path/to/clone", "signature", "gaussian_noise", source="local")
 
 Weights come from the model folder ``model-store/cifar10-vgg16/`` next to this file (a clone),
@@ -34,19 +35,28 @@ def cifar10_vgg16(pretrained=True, signatures=None, patch=None, device="cpu", ve
         signatures (None | "all" | list[str]): signatures to attach as
             ``model.rws_signatures`` (``{name: Signature}``); from the hub only these files are
             downloaded. Names: ``CIFAR10_VGG16_Weights.DEFAULT.meta["signatures"]``.
-        patch (None | dict[str, float]): ``{name: alpha}`` to apply in place right away
-            (the names are loaded if not in ``signatures``). Take it off with
+        patch (None | dict[str, float] | "auto"): ``{name: alpha}`` to apply in place right
+            away (the names are loaded if not in ``signatures``). Take it off with
             ``rws_hub.remove(model)``; use ``with rws_hub.patch(model, {...}):`` for a
             temporary patch, ``rws_hub.apply(model, {...})`` for a lasting one.
+            ``"auto"``: every signature and the folder's corruption detector are loaded and
+            a module is returned whose forward patches each image with the mix the detector
+            chooses for it (``model.last_mixes`` / ``model.last_detected`` say what it chose
+            and saw after each call); the backbone's own weights are never changed.
         device (str): where the weights go.
         verify (bool): check every file against the folder's sha256 manifest.
 
     Returns:
         nn.Module in eval mode with ``rws_signatures``, ``rws_lineage``,
         ``rws_architecture``, ``rws_config`` (and ``rws_refused``: signature files that failed
-        their checks and were skipped, ``{file: reason}``).
+        their checks and were skipped, ``{file: reason}``); for ``patch="auto"`` an
+        ``rws_hub.engine.MixedModel`` whose ``.model`` is that backbone.
     """
     weights = _weights("cifar10_vgg16")
+    if isinstance(patch, str):
+        if patch.strip().lower() != "auto":
+            raise ValueError(f"patch must be a dict {{name: alpha}} or 'auto', not {patch!r}")
+        return _auto(weights, device=device, verify=verify)
     if not pretrained:
         if signatures or patch:
             raise ValueError("signatures and patch need pretrained=True (the backbone they fit)")
@@ -74,6 +84,27 @@ def cifar10_vgg16(pretrained=True, signatures=None, patch=None, device="cpu", ve
 
         apply(model, dict(patch))
     return model
+
+
+def _auto(weights, device, verify):
+    from rws_hub.engine import Engine
+
+    folder = weights.load(device=device, signatures="all", verify=verify)
+    if not folder.has_detector():
+        raise ValueError(
+            'patch="auto" needs a corruption detector, and this model folder ships none; '
+            "pass patch={name: alpha} instead"
+        )
+    engine = Engine.from_folder(folder, device=device)
+    if engine.detector is None:
+        raise ValueError(f"the folder's detector was refused: {engine.refused}")
+    wrapped = engine.as_module("auto").eval()
+    model = folder.model
+    for attr in ("rws_signatures", "rws_lineage", "rws_architecture", "rws_config"):
+        if hasattr(model, attr):
+            setattr(wrapped, attr, getattr(model, attr))
+    wrapped.rws_refused = dict(engine.refused)
+    return wrapped
 
 
 def signature(name, model="cifar10_vgg16", device="cpu"):

@@ -601,6 +601,11 @@ def build_app(backend: Backend) -> gr.Blocks:
             else:
                 verdict = f"both say **{p_cls}** ({_pct(c_p)} → {_pct(p_p)})"
             summary = f"{how} {mix_md or 'nothing (clean)'}: {verdict}."
+            seen = patched.get("detected") or []
+            if seen:
+                summary += "\n\nThe detector saw: " + " · ".join(
+                    f"`{d['class']}` {_pct(d['probability'])}" for d in seen
+                )
             details["patched"] = patched
         return (
             _preview(x),

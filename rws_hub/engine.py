@@ -678,6 +678,44 @@ class Engine:
         return answers
 
 
+    def as_module(self, mix: MixLike = AUTO) -> MixedModel:
+        """An ``nn.Module`` view of this engine: ``forward(images)`` returns the logits of every
+        image under ``mix`` (``"auto"`` by default: each image gets the mix the detector chose
+        for it). The shared weights are never touched. See :class:`MixedModel`."""
+        return MixedModel(self, mix)
+
+
+class MixedModel(nn.Module):
+    """Logits of an :class:`Engine` under one mix, as a module (what ``torch.hub.load(...,
+    patch="auto")`` returns). Images are float (N, 3, H, W) in [0, 1].
+
+    After each ``forward`` on an ``"auto"`` mix, :attr:`last_mixes` holds the mix applied to
+    each image and :attr:`last_detected` the detector's top classes per image.
+
+    Raises on ``forward``: :class:`~rws_hub.errors.RequestError` if ``"auto"`` is asked of an
+    engine without a detector.
+    """
+
+    def __init__(self, engine: Engine, mix: MixLike = AUTO) -> None:
+        super().__init__()
+        self.engine = engine
+        self.mix = mix
+        self.model = engine.model  # registered, so .eval()/.parameters() behave as expected
+        self.last_mixes: list[dict[str, float]] = []
+        self.last_detected: list[Any] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0] if images.dim() == 4 else 0
+        detected: list[Any] = [None] * n
+        resolved = self.engine._resolve(images.to(self.engine.device), [self.mix] * n, detected)
+        self.last_mixes = [dict(m) for m in resolved]
+        self.last_detected = detected
+        return self.engine.predict(images, resolved)
+
+    def extra_repr(self) -> str:
+        return f"mix={self.mix!r}"
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 

@@ -369,3 +369,35 @@ def test_rws_up_runs_the_whole_stack_and_ctrl_c_stops_it(folder, engine, tmp_pat
             [*RWS, "up", "--stop", "--run-dir", str(run_dir)], cwd=REPO_ROOT, timeout=120
         )
         proc.stdout.close()
+
+
+def test_auto_with_a_detector_shows_what_it_saw_and_applied(folder: Path, tmp_path: Path):
+    """A folder that ships a detector (here one that always sees fog): "auto" patches with
+    fog, the summary names what the detector saw, and the bars equal the engine's."""
+    import shutil
+
+    from rws_hub.detector import AutoRule, CorruptionDetector
+    from rws_hub.folder import add_detector
+
+    root = tmp_path / "with-detector"
+    shutil.copytree(folder, root)
+    backbone = Engine.from_folder(root, device="cpu").model
+    torch.manual_seed(1)
+    det = CorruptionDetector(conv_channels=8, hidden=16)
+    det.set_backbone_conv(backbone)
+    with torch.no_grad():
+        det.head[-1].bias[det.classes.index("fog")] = 50.0
+    add_detector(root, det.state_dict(), det.spec() | {"rule": AutoRule("top1", 0.5).to_json()})
+    engine = Engine.from_folder(root, device="cpu")
+    app = demo_app.build_app(demo_app.LocalBackend(engine))
+    address = demo_app.launch(app, port=free_port(), block=False, quiet=True)
+    try:
+        client = gradio_client.Client(address, verbose=False)
+        _, _, patched, summary, details = client.predict(
+            gradio_client.handle_file(str(EXAMPLE)), "auto", "none", 5, api_name="/predict"
+        )
+    finally:
+        app.close()
+    assert "auto chose `fog`" in summary and "detector saw: `fog` 100%" in summary
+    assert details["patched"]["mix"] == {"fog": 1.0}
+    assert_same(probs(patched), expected(engine, model_pixels(EXAMPLE), {"fog": 1.0}))

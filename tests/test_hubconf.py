@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hub_helpers import NAMES, REPO_ROOT, make_tiny_folder
@@ -135,6 +136,39 @@ def test_weights_enum(hub_env: Path) -> None:
     assert w.build_model(pretrained=True).rws_signatures == {}
 
 
+def test_auto_patch_uses_the_folder_detector(built: Path, tmp_path: Path, monkeypatch) -> None:
+    from rws_hub.detector import AutoRule, CorruptionDetector
+    from rws_hub.folder import add_detector
+
+    root = tmp_path / "auto"
+    shutil.copytree(built, root)
+    monkeypatch.setenv(FOLDER_ENV, str(root))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ValueError, match="detector"):
+        load("cifar10_vgg16", patch="auto")  # no detector shipped yet
+    with pytest.raises(ValueError, match="'auto'"):
+        load("cifar10_vgg16", patch="fog")
+    backbone = ModelFolder.load(root, signatures=None).model
+    torch.manual_seed(1)
+    det = CorruptionDetector(conv_channels=8, hidden=16)
+    det.set_backbone_conv(backbone)
+    with torch.no_grad():
+        det.head[-1].bias[det.classes.index("fog")] = 50.0  # it always sees fog
+    add_detector(root, det.state_dict(), det.spec() | {"rule": AutoRule("top1", 0.5).to_json()})
+
+    model = load("cifar10_vgg16", patch="auto")
+    x = torch.rand(3, 3, 32, 32)
+    out = logits(model, x)
+    assert model.last_mixes == [{"fog": 1.0}] * 3
+    assert model.last_detected[0][0]["class"] == "fog"
+    ref = load("cifar10_vgg16", signatures="all")
+    with rws_hub.patch(ref, {"fog": 1.0}):
+        want = logits(ref, x)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out, logits(ref, x), atol=1e-4)  # the patch did something
+    assert list(model.rws_signatures) == list(NAMES) and model.rws_refused == {}
+
+
 @pytest.mark.skipif(
     not (EMBEDDED / "config.json").is_file(),
     reason="model-store/cifar10-vgg16 is not built yet (rws zoo build writes it)",
@@ -158,3 +192,12 @@ def test_embedded_model_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     sig = load("signature", name)
     with rws_hub.patch(model, {sig: 1.0}):
         assert torch.equal(logits(model, x), patched)
+    # "auto": the shipped detector picks each image's mix; equal to patching by hand
+    auto = load("cifar10_vgg16", patch="auto")
+    foggy = torch.from_numpy(np.array(Image.open(REPO_ROOT / "demo/examples/airplane-fog.png")))
+    foggy = foggy.permute(2, 0, 1)[None].float() / 255
+    got = logits(auto, foggy)
+    (mix,) = auto.last_mixes
+    assert "fog" in mix, auto.last_detected
+    with rws_hub.patch(model, mix):
+        torch.testing.assert_close(got, logits(model, foggy), rtol=1e-4, atol=1e-4)
