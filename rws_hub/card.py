@@ -43,6 +43,22 @@ def per_corruption(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def gain_share(metrics: Mapping[str, Any]) -> float | None:
+    """Mean (patched RA − backbone RA) / mean (robust model RA − backbone RA), when measured."""
+    rows = [
+        r
+        for r in per_corruption(metrics).values()
+        if all(
+            _number(r.get(k)) is not None for k in ("backbone_ra", "patched_ra", "robust_model_ra")
+        )
+    ]
+    if not rows:
+        return None
+    patched = sum(_number(r["patched_ra"]) - _number(r["backbone_ra"]) for r in rows)
+    robust = sum(_number(r["robust_model_ra"]) - _number(r["backbone_ra"]) for r in rows)
+    return patched / robust if robust > 0 else None
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -222,8 +238,28 @@ def _body(config: Mapping[str, Any]) -> str:
                 means.append(_pct(sum(nums) / len(nums), factor) if nums else "-")
             lines.append("| **mean** | " + " | ".join(means) + " |")
         lines.append("")
+        share = gain_share(metrics)
+        if share is not None:
+            lines += [
+                "Averaged over the corruptions, backbone + own signature recovers "
+                f"**{100 * share:.0f}%** of the RA gain of the dedicated robust model "
+                "((patched RA − backbone RA) / (robust model RA − backbone RA)).",
+                "",
+            ]
     if not ra and _number(ta) is None:
         lines += ["No measured results recorded in config.json.", ""]
+    if config.get("rebuild"):
+        lines += [
+            "## Rebuild",
+            "",
+            "The robust models the signatures were extracted from are not shipped (each is as "
+            "large as the backbone); this command (from a checkout of rws-hub, with CIFAR-10) "
+            "retrains θ_pre, the clean backbone and every robust model, then extracts, "
+            "evaluates and exports this folder, step by step and resumable:",
+            "",
+            f"    {config['rebuild']}",
+            "",
+        ]
     recipe = config.get("recipe") or {}
     if recipe:
         lines += ["## Recipe", ""]

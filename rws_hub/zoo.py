@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,24 @@ class ZooSpec:
             "input_size": [3, 32, 32],
             "signature_layers": self.layers,
             "recipe": asdict(self),
+            "rebuild": self.rebuild_command(),
         }
+
+    def rebuild_command(self) -> str:
+        """The ``rws zoo build`` command that rebuilds this entry (options that differ from
+        the defaults only)."""
+        default = ZooSpec()
+        parts = ["rws zoo build"]
+        for f in fields(self):
+            value, base = getattr(self, f.name), getattr(default, f.name)
+            if value == base:
+                continue
+            if isinstance(value, list):
+                value = ",".join(value)
+            elif value is None:
+                value = "all"
+            parts.append(f"--{f.name.replace('_', '-')} {value}")
+        return " ".join(parts)
 
 
 def _train_quietly(cfg: TrainConfig) -> str:

@@ -68,6 +68,16 @@ def test_model_card_accepts_percent() -> None:
     assert "80.15 %" in text and "| fog | 72.90 |" in text
 
 
+def test_model_card_gain_share_and_rebuild_command() -> None:
+    row = {"backbone_ra": 0.5, "patched_ra": 0.68, "robust_model_ra": 0.7}
+    metrics = {"clean_accuracy": 0.8, "corruptions": {"fog": row, "snow": dict(row)}}
+    config = {"architecture": "vgg16_cifar", "classes": ["a"], "metrics": metrics}
+    text = model_card(config | {"rebuild": "rws zoo build --width 0.25"})
+    assert "recovers **90%** of the RA gain" in text
+    assert "## Rebuild" in text and "    rws zoo build --width 0.25" in text
+    assert "## Rebuild" not in model_card(config)
+
+
 def test_model_card_without_metrics_has_no_model_index() -> None:
     text = model_card({"architecture": "vgg16_cifar", "classes": ["a", "b"], "metrics": {}})
     card = ModelCard(text)
