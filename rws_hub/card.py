@@ -248,16 +248,31 @@ def _body(config: Mapping[str, Any]) -> str:
             ]
     if not ra and _number(ta) is None:
         lines += ["No measured results recorded in config.json.", ""]
+    det = config.get("detector")
+    if config.get("rebuild") or isinstance(det, Mapping):
+        lines += ["## Rebuild", ""]
     if config.get("rebuild"):
         lines += [
-            "## Rebuild",
-            "",
             "The robust models the signatures were extracted from are not shipped (each is as "
             "large as the backbone); this command (from a checkout of rws-hub, with CIFAR-10) "
             "retrains θ_pre, the clean backbone and every robust model, then extracts, "
             "evaluates and exports this folder, step by step and resumable:",
             "",
             f"    {config['rebuild']}",
+            "",
+        ]
+    if isinstance(det, Mapping):
+        train = det.get("training") if isinstance(det.get("training"), Mapping) else {}
+        opts = "".join(
+            f" --{k} {train[k]}" for k in ("images", "epochs") if train.get(k) is not None
+        )
+        lines += [
+            'The corruption detector behind `"auto"` (`detector.safetensors`) is trained '
+            "on this folder's backbone, then its rule is chosen by measurement and installed:",
+            "",
+            f"    rws detector train --folder <this folder> --data <CIFAR-10>{opts} --out DIR",
+            "    rws detector eval --folder <this folder> --data <CIFAR-10> --detector DIR "
+            "--choose --install",
             "",
         ]
     recipe = config.get("recipe") or {}

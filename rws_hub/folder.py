@@ -603,7 +603,8 @@ def add_detector(
     detector_config: Mapping[str, Any],
 ) -> Path:
     """Add (or replace) the corruption detector of an existing model folder: write
-    ``detector.safetensors``, set ``config["detector"]`` and rewrite ``manifest.json``.
+    ``detector.safetensors``, set ``config["detector"]``, regenerate the model card (when it
+    was generated from ``config.json``, not written by hand) and rewrite ``manifest.json``.
 
     The folder must verify cleanly first (:func:`verify_folder`, detector files excepted), so
     a damaged folder is never re-blessed by a new manifest. Returns the folder's path.
@@ -613,6 +614,10 @@ def add_detector(
     config = _read_config(root)
     if problems:
         raise ArtifactError(f"{root}: does not verify ({problems}); not adding a detector")
+    from rws_hub.card import model_card
+
+    card = root / CARD_FILE
+    generated = card.is_file() and card.read_text(encoding="utf-8") == model_card(config)
     config["detector"] = dict(detector_config)
     save_file(
         {k: v.detach().to("cpu").contiguous() for k, v in state.items()},
@@ -620,7 +625,11 @@ def add_detector(
         metadata={"format": "pt"},
     )
     (root / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    for rel in (DETECTOR_FILE, CONFIG_FILE):
+    written = [DETECTOR_FILE, CONFIG_FILE]
+    if generated:  # a card generated from config.json follows it; a hand-written one stays
+        card.write_text(model_card(config), encoding="utf-8")
+        written.append(CARD_FILE)
+    for rel in written:
         (root / rel).chmod(0o644)
     write_manifest(root)
     return root

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from rws_hub.card import model_card
 from rws_hub.cli import main
 from rws_hub.detector import (
     CLEAN,
@@ -263,6 +264,8 @@ def test_folder_ships_the_detector(backbone, tmp_path: Path) -> None:
     det = tiny_detector(backbone, "snow")
     add_detector(root, det.state_dict(), det.spec() | {"rule": AutoRule("top1", 0.3).to_json()})
     assert verify_folder(root) == {}
+    card = (root / "README.md").read_text()  # the generated card follows config.json
+    assert card == model_card(ModelFolder.read_config(root)) and "rws detector train" in card
     engine = Engine.from_folder(root, device="cpu")
     assert engine.describe()["auto"] is True
     assert isinstance(engine.detector, AutoPatcher) and engine.detector.rule.threshold == 0.3
