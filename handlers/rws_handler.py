@@ -21,7 +21,8 @@ variables): ``folder`` / ``RWS_MODEL_FOLDER`` (default: ``model-folder`` inside 
 ``dtype`` / ``RWS_DTYPE`` (GPU only: float16, bfloat16), ``max_alpha`` / ``RWS_MAX_ALPHA``,
 ``allow_negative`` / ``RWS_ALLOW_NEGATIVE``, ``cache_mb`` / ``RWS_CACHE_MB``,
 ``max_body_bytes`` / ``RWS_MAX_BODY_BYTES``, ``max_pixels`` / ``RWS_MAX_PIXELS``,
-``threads`` / ``RWS_THREADS`` (torch CPU threads).
+``threads`` / ``RWS_THREADS`` (torch CPU threads), ``resident`` / ``RWS_RESIDENT`` (``float`` or
+``codes``: keep int8/int4 signature codes resident, about a quarter of the delta memory).
 """
 
 from __future__ import annotations
@@ -73,6 +74,49 @@ def _header(context: Any, idx: int, name: str) -> str | None:
     return None
 
 
+def _guard_kservev2() -> None:
+    """Make TorchServe's KServe v2 envelope (``service_envelope=kservev2``) fail softly.
+
+    The envelope parses the body *before* this handler sees it and raises on anything that is
+    not a well-formed v2 request (not JSON, no ``inputs``, a missing ``datatype``) and on the
+    body-less ``describe`` call behind ``GET /models/<name>?customized=true``: the frontend
+    then answers 503 and logs a traceback. Wrapping its ``handle`` (the model loader looks it
+    up after importing this module) lets ``describe`` through to the handler and turns a parse
+    failure into a 400 with a JSON message naming the problem."""
+    try:
+        from ts.torch_handler.request_envelope import kservev2
+    except ImportError:  # another TorchServe layout: nothing to guard
+        return
+    envelope = next(
+        (c for c in vars(kservev2).values() if isinstance(c, type) and hasattr(c, "_from_json")),
+        None,
+    )
+    if envelope is None or getattr(envelope, "_rws_guarded", False):
+        return
+
+    def handle(self: Any, data: Any, context: Any) -> Any:
+        self.context = context
+        if context is not None and context.get_request_header(0, "describe") == "True":
+            return self._handle_fn(data, context)
+        try:
+            parsed = self.parse_input(data) if data else data
+            if data and not isinstance(parsed, list):
+                raise ValueError("'inputs' must be a list")
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's body
+            message = f"not a KServe v2 inference request: {type(exc).__name__}: {exc}"
+            for idx in range(max(1, len(data or []))):
+                context.set_response_status(400, "Bad Request", idx)
+            return [json.dumps({"error": message, "status": 400})] * max(1, len(data or []))
+        results = self._handle_fn(parsed, context)
+        return self.format_output(results) if results else results
+
+    envelope.handle = handle
+    envelope._rws_guarded = True
+
+
+_guard_kservev2()
+
+
 class RWSHandler(BaseHandler):
     """Serves a model folder: per-request signature mixes, batched through one Engine."""
 
@@ -121,6 +165,7 @@ class RWSHandler(BaseHandler):
             cache_bytes=int(cache_mb * (1 << 20)),
             max_alpha=_setting(cfg, "max_alpha", float),
             allow_negative=bool(_setting(cfg, "allow_negative", bool, False)),
+            resident=_setting(cfg, "resident", str, "float"),
             name=str(self.manifest.get("model", {}).get("modelName") or folder.name),
         )
         limits = RequestLimits(

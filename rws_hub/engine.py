@@ -213,6 +213,51 @@ class _WeightCache:
 # the engine
 
 
+class _Codes:
+    """A linearly quantized delta held as int8 codes in its base's layout (int4 unpacked) plus
+    fp32 per-group scale and offset; :meth:`dequantize` repeats
+    :meth:`~rws_hub.quantization.QuantizedTensor.dequantize`'s float operations exactly."""
+
+    __slots__ = ("codes", "scale", "offset", "half", "bits", "granularity")
+
+    def __init__(self, q: Any, like: torch.Tensor) -> None:
+        self.codes = torch.empty_like(like, dtype=torch.int8).copy_(q.int_codes())
+        groups = q.scale.numel()
+        view = (groups,) + (1,) * (like.dim() - 1) if groups > 1 else ()
+        self.scale = q.scale.to(like.device, torch.float32).reshape(view)
+        self.offset = q.offset.to(like.device, torch.float32).reshape(view)
+        self.half = 2 ** (q.bits - 1)
+        self.bits = q.bits
+        self.granularity = q.granularity
+
+    def numel(self) -> int:
+        return self.codes.numel()
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.codes, self.scale, self.offset)
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 delta, laid out like the base."""
+        return self.codes.to(torch.float32).add_(self.half).mul_(self.scale).add_(self.offset)
+
+    def quantized(self) -> Any:
+        """The :class:`~rws_hub.quantization.QuantizedTensor` these codes came from (CPU)."""
+        from rws_hub.quantization import QuantizedTensor, pack_int4
+
+        codes = self.codes.cpu().contiguous()
+        shape = tuple(codes.shape)
+        stored = pack_int4(codes) if self.bits == 4 else codes
+        return QuantizedTensor(
+            stored,
+            self.scale.cpu().reshape(-1).clone(),
+            self.offset.cpu().reshape(-1).clone(),
+            shape,
+            self.bits,
+            "linear",
+            self.granularity,
+        )
+
+
 def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors``."""
     seen: dict[int, int] = {}
@@ -244,6 +289,11 @@ class Engine:
         copy: copy ``model`` (default) or adopt it.
         channels_last: run convolutions in the channels-last memory format (faster for conv
             nets on CPUs and GPUs alike; results equal within float rounding).
+        resident: how the deltas are held. ``"float"`` (default): fp32, the fastest weight
+            builds. ``"codes"``: linearly quantized signatures (int8, or int4 unpacked to one
+            byte) keep their integer codes and per-group scale/offset and are dequantized while
+            a mix's weights are built — about a quarter of the memory, identical results (the
+            same float operations as :meth:`Signature.dequantize`); other signatures stay fp32.
     """
 
     def __init__(
@@ -262,7 +312,11 @@ class Engine:
         name: str = "model",
         copy: bool = True,
         channels_last: bool = True,
+        resident: Literal["float", "codes"] = "float",
     ) -> None:
+        if resident not in ("float", "codes"):
+            raise ValueError(f"resident must be 'float' or 'codes', not {resident!r}")
+        self.resident = resident
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or torch.float32
         if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -280,7 +334,6 @@ class Engine:
         sigs = (
             dict(signatures) if isinstance(signatures, Mapping) else {s.name: s for s in signatures}
         )
-        self._signatures: dict[str, Signature] = sigs
         self._defaults = {n: float(getattr(s, "default_alpha", 1.0)) for n, s in sigs.items()}
 
         model = _copy_model(model) if copy else model
@@ -340,15 +393,28 @@ class Engine:
         self._base: dict[str, torch.Tensor] = {
             t: state[t].detach().to(torch.float32) for t in sorted(touched)
         }
-        # Deltas laid out like their base (e.g. channels-last) so the in-place sums stream.
-        self._device_sigs: dict[str, Signature] = {
-            n: s.replace(
-                tensors={t: torch.empty_like(self._base[t]).copy_(d) for t, d in s.tensors.items()}
-            )
-            for n, s in sigs.items()
-        }
-        self._signatures = self._device_sigs  # hold one copy of the deltas, not two
+        # Deltas laid out like their base (e.g. channels-last) so the in-place sums stream; the
+        # engine holds these and each signature's metadata, not the caller's float tensors.
+        self._deltas: dict[str, dict[str, torch.Tensor | _Codes]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        for n in list(sigs):
+            self._deltas[n], self._meta[n] = self._hold(sigs.pop(n), resident)
+        del signatures
         self._cache = _WeightCache(cache_bytes)
+
+    def _hold(
+        self, sig: Signature, resident: str
+    ) -> tuple[dict[str, torch.Tensor | _Codes], dict[str, Any]]:
+        """One signature's deltas as the engine keeps them (see ``resident``), and its metadata."""
+        codes = sig.codes if resident == "codes" else None
+        held: dict[str, torch.Tensor | _Codes] = {}
+        for t, d in sig.tensors.items():
+            q = codes.get(t) if codes else None
+            if q is not None and q.scheme == "linear":
+                held[t] = _Codes(q, self._base[t])
+            else:
+                held[t] = torch.empty_like(self._base[t]).copy_(d)
+        return held, sig._meta()
 
     # -- construction ---------------------------------------------------------------------
 
@@ -396,8 +462,20 @@ class Engine:
 
     @property
     def signatures(self) -> Mapping[str, Signature]:
-        """The loaded signatures by name (read-only view)."""
-        return dict(self._signatures)
+        """The loaded signatures by name, as the engine holds them (on its device; with
+        ``resident="codes"`` rebuilt from the codes on each access)."""
+        from rws_hub.signature import Signature
+
+        out = {}
+        for name, held in self._deltas.items():
+            tensors = {t: d.dequantize() if isinstance(d, _Codes) else d for t, d in held.items()}
+            codes = {t: d.quantized() for t, d in held.items() if isinstance(d, _Codes)}
+            full = len(codes) == len(held) and bool(codes)
+            meta = dict(self._meta[name])
+            if not full and codes:
+                meta["quantization"] = None
+            out[name] = Signature(name, tensors, codes=codes if full else None, **meta)
+        return out
 
     @property
     def defaults(self) -> dict[str, float]:
@@ -412,15 +490,15 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         """Metadata of the engine and every signature (for ``?customized=true`` and UIs)."""
         sigs = []
-        for name, sig in self._signatures.items():
+        for name, held in self._deltas.items():
             entry: dict[str, Any] = {
                 "name": name,
                 "default_alpha": self._defaults[name],
-                "tensors": sorted(sig.tensors),
-                "parameters": int(sum(t.numel() for t in sig.tensors.values())),
+                "tensors": sorted(held),
+                "parameters": int(sum(d.numel() for d in held.values())),
             }
             for key in ("kind", "layers", "architecture", "lineage", "quantization", "provenance"):
-                value = getattr(sig, key, None)
+                value = self._meta[name].get(key)
                 if value is not None:
                     entry[key] = _jsonable(value)
             sigs.append(entry)
@@ -433,6 +511,7 @@ class Engine:
             "max_alpha": self.max_alpha,
             "allow_negative": self.allow_negative,
             "auto": self.detector is not None,
+            "resident": self.resident,
             "patched_layers": self.patched_layers,
             "signatures": sigs,
             "refused": dict(self.refused),
@@ -454,7 +533,12 @@ class Engine:
         bb = _tensor_bytes(backbone)
         own = {t.untyped_storage().data_ptr() for t in backbone}
         bases = [t for t in self._base.values() if t.untyped_storage().data_ptr() not in own]
-        deltas = [t for s in self._device_sigs.values() for t in s.tensors.values()]
+        deltas = [
+            t
+            for held in self._deltas.values()
+            for d in held.values()
+            for t in (d.tensors() if isinstance(d, _Codes) else (d,))
+        ]
         out = {
             "backbone": bb,
             "signatures": _tensor_bytes(deltas),
@@ -476,7 +560,7 @@ class Engine:
             return AUTO
         mix = Mix.parse(
             obj,
-            known=self._signatures.keys(),
+            known=self._deltas.keys(),
             defaults=self._defaults,
             max_alpha=self.max_alpha,
             allow_negative=self.allow_negative,
@@ -533,7 +617,8 @@ class Engine:
         """
         out: dict[str, torch.Tensor] = {}
         for name, alpha in mix.items():
-            for tname, delta in self._device_sigs[name].tensors.items():
+            for tname, held in self._deltas[name].items():
+                delta = held.dequantize() if isinstance(held, _Codes) else held
                 acc = out.get(tname)
                 if acc is None:
                     out[tname] = torch.add(self._base[tname], delta, alpha=alpha)
@@ -676,7 +761,6 @@ class Engine:
                     answer["detected"] = detected[i]
             answers.append(answer)
         return answers
-
 
     def as_module(self, mix: MixLike = AUTO) -> MixedModel:
         """An ``nn.Module`` view of this engine: ``forward(images)`` returns the logits of every

@@ -253,3 +253,36 @@ def test_gpu_matches_cpu(setup, dtype):
     gpu = Engine(model, sigs, device="cuda", dtype=dtype).predict(x, mixes).cpu()
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(gpu, cpu, atol=tol, rtol=tol)
+
+
+def test_resident_codes_equal_float_and_hold_a_quarter(setup):
+    model, sigs = setup
+    quant = {
+        "gaussian_noise": sigs["gaussian_noise"].quantize(8, granularity="channel"),
+        "fog": sigs["fog"].quantize(4, granularity="tensor"),
+        "contrast": sigs["contrast"].quantize(8, granularity="tensor"),
+        "pixelate": sigs["pixelate"].quantize(8, scheme="log"),  # log: stays fp32
+    }
+    flt = Engine(model, quant, device="cpu", cache_bytes=0)
+    cod = Engine(model, quant, device="cpu", cache_bytes=0, resident="codes")
+    x = torch.rand(12, 3, 32, 32)
+    mixes = random_mixes(12, seed=5)
+    # the same float operations: bitwise equal answers
+    assert torch.equal(flt.predict(x, mixes), cod.predict(x, mixes))
+    torch.testing.assert_close(
+        cod.predict(x, mixes), reference(model, quant, x, mixes), atol=ATOL, rtol=ATOL
+    )
+    mem_f, mem_c = flt.memory_bytes()["signatures"], cod.memory_bytes()["signatures"]
+    log_bytes = 4 * quant["pixelate"].numel
+    assert (mem_c - log_bytes) < 0.27 * (mem_f - log_bytes)
+    # the signatures view rebuilds what was loaded (values and codes)
+    view = cod.signatures
+    for name, sig in quant.items():
+        for t, v in sig.tensors.items():
+            assert torch.equal(view[name].tensors[t], v)
+        assert view[name].quantization == sig.quantization
+    assert view["fog"].codes is not None and view["pixelate"].codes is None
+    assert view["fog"].nbytes == quant["fog"].nbytes
+    assert cod.describe()["signatures"] == flt.describe()["signatures"]
+    with pytest.raises(ValueError, match="resident"):
+        Engine(model, quant, device="cpu", resident="int8")

@@ -218,7 +218,7 @@ def test_kservev2_envelope_via_cli(folder, engine, tmp_path):
     run_dir = tmp_path / "kserve"
     argv = ["serve", str(folder), "--run-dir", str(run_dir), "--name", "tiny2", "--kservev2"]
     argv += ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(xport)]
-    argv += ["--grpc-port", str(gport)]
+    argv += ["--grpc-port", str(gport), "--resident", "codes"]
     assert rws_main(argv + ["--timeout", "180"]) == 0
     srv = serving.Server.attach(run_dir)
     assert srv is not None
@@ -257,6 +257,22 @@ def test_kservev2_envelope_via_cli(folder, engine, tmp_path):
         r = requests.post(url, json=body, headers=srv.headers(), timeout=60)
         assert r.status_code == 400
         assert "unknown signature 'snow'" in r.json()["outputs"][0]["data"][0]["error"]
+        r = requests.get(
+            f"{srv.opts.management_url}/models/tiny2",
+            params={"customized": "true"},
+            headers=srv.headers("management"),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        meta = r.json()[0]["customizedMetadata"]
+        assert (json.loads(meta) if isinstance(meta, str) else meta)["resident"] == "codes"
+        # a body the envelope cannot parse is the client's error: 400 with a message
+        for bad in (b"not json", b'{"id": "x"}', b'{"inputs": [{"name": "a"}]}'):
+            r = requests.post(url, data=bad, headers=srv.headers(), timeout=60)
+            assert r.status_code == 400, (bad, r.status_code, r.text)
+            assert "not a KServe v2 inference request" in r.text
+        r = requests.post(url, json=body | {"inputs": body["inputs"][1:]}, headers=srv.headers())
+        assert r.status_code == 200, r.text  # and the worker still answers
     finally:
         assert rws_main(["serve", "--stop", "--run-dir", str(run_dir)]) == 0
     assert java is not None and not serving._pid_alive(java)

@@ -53,6 +53,13 @@ def register(subparsers: Any) -> None:
         help="compute precision on a GPU (default float32)",
     )
     p.add_argument(
+        "--resident",
+        choices=("float", "codes"),
+        default="float",
+        help="how signatures are held: float (fastest weight builds) or codes (int8/int4 codes "
+        "as shipped, dequantized per weight build: about a quarter of the delta memory)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -94,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
             else ""
         )
         raise FileNotFoundError(f"model folder {folder} not found{hint}")
-    settings: dict[str, Any] = {"dtype": args.dtype, "allow_negative": args.allow_negative}
+    settings: dict[str, Any] = {
+        "dtype": args.dtype,
+        "allow_negative": args.allow_negative,
+        "resident": args.resident,
+    }
     if args.max_alpha is not None:
         settings["max_alpha"] = args.max_alpha
     if args.threads:
