@@ -206,6 +206,15 @@ class RWSHandler(BaseHandler):
             if value is not None and key not in query:
                 query[key] = value
         ctype = _header(self.context, idx, "Content-Type")
+        if body is None and (ctype or "").lower().startswith("application/x-www-form-urlencoded"):
+            # TorchServe decodes a form body into parameters: the image bytes are gone.
+            raise RequestError(
+                "the body was sent as a form (Content-Type: application/x-www-form-urlencoded, "
+                "what curl --data-binary sends unless told otherwise); send a raw image with "
+                "Content-Type: image/png (or image/jpeg, ...) or a JSON request with "
+                "Content-Type: application/json",
+                415,
+            )
         return self.parser.parse(body, content_type=ctype, query=query)
 
     def _parse_kserve(self, row: dict[str, Any]) -> InferenceRequest:

@@ -535,7 +535,18 @@ def test_multipart_and_form_bodies_are_refused(server) -> None:
     r = s.post(server.inference_url, files={"data": ("x.png", GOOD, "image/png")}, timeout=60)
     assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
     r = s.post(server.inference_url, data={"image": b64(GOOD)}, timeout=60)
-    assert r.status_code == 400 and "no body" in r.json()["error"]
+    assert r.status_code == 415 and "sent as a form" in r.json()["error"]
+    # curl --data-binary @x.png without a Content-Type sends the PNG as a form: the handler
+    # says so when the frontend's form decoder got through the bytes; when they hold a bad
+    # %-escape, TorchServe's frontend itself answers 500 before any handler runs (its
+    # ErrorDataDecoderException; see docs/reliability.md), and the worker is unaffected.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = s.post(server.inference_url, data=b"\x89PNG\r\n\x1a\n binary", headers=form, timeout=60)
+    assert r.status_code == 415 and "Content-Type: image/png" in r.json()["error"]
+    example = Path(__file__).resolve().parents[1] / "demo/examples/automobile-gaussian_noise.png"
+    bad_escape = example.read_bytes()
+    r = s.post(server.inference_url, data=bad_escape, headers=form, timeout=60)
+    assert r.status_code == 500 and r.json()["type"] == "ErrorDataDecoderException"
     assert {w["status"] for w in workers(server)} == {"READY"}
 
 
