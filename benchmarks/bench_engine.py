@@ -394,9 +394,9 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         f"{env['signatures']} signatures on the first {env['layers']} conv layers; batch "
         f"{env['batch']}; CPU, {env['threads']} torch thread(s); torch {env['torch']}.",
         "",
-        f"**Machine**: {env['machine']}. The machine has 2 cores shared with a training job "
-        "and other work, so absolute numbers are noisy and low; every variant ran in the same "
-        "rounds, interleaved in a rotating order, so the **ratios** are the meaningful figures.",
+        f"**Machine**: {env['machine']}. A small shared machine, so absolute numbers are noisy "
+        "and low; every variant ran in the same rounds, interleaved in a rotating order, so the "
+        "**ratios** are the meaningful figures.",
         "",
         "## Side by side (one run)",
         "",
@@ -585,8 +585,8 @@ after (b) because random alphas never repeat, but under (b1)'s repeating mixes i
 weights worth many backbones; size it to the traffic (popular mixes x 1.7 MB here).
 
 **Threads and contention.** All figures use one torch thread; the machine's two cores are
-shared with a training job, so absolute images/s vary several-fold between runs while the
-interleaved ratios move much less. Re-run on an idle machine (or a GPU, where the per-group
+shared with other work (earlier runs of this benchmark overlapped a training job), so absolute
+images/s vary several-fold between runs while the interleaved ratios move much less. Re-run on an idle machine (or a GPU, where the per-group
 calls are kernel launches and the target is 0.9) before quoting absolute numbers.
 """
 
