@@ -9,10 +9,12 @@ import builtins
 import json
 import os
 import pickle
+import pickletools
 import random
 import signal
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,15 +217,35 @@ REFUSED = {
 }
 
 
-def test_planted_payloads_are_live(damaged, tmp_path) -> None:
-    """The planted files really run code when unpickled (so the refusals below mean something)."""
-    live = tmp_path / "live-marker"
-    pickle.loads(pickle.dumps(Payload(live), protocol=4))
-    assert live.exists()
-    live.unlink()
-    torch.save({"delta": Payload(live)}, tmp_path / "x.pt")
-    torch.load(tmp_path / "x.pt", weights_only=False)
-    assert live.exists()
+def pickled_calls(data: bytes) -> list[str]:
+    """The callables a pickle would call when loaded (``module.name`` of every global that a
+    REDUCE applies), read from its opcodes without loading it."""
+    strings: list[str] = []
+    stack_globals: list[str] = []
+    calls: list[str] = []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "GLOBAL":
+            stack_globals.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            stack_globals.append(".".join(strings[-2:]))
+        elif op.name == "REDUCE" and stack_globals:
+            calls.append(stack_globals[-1])
+    return calls
+
+
+def test_planted_payloads_are_live(damaged) -> None:
+    """The planted files really would run code if unpickled (so the refusals below mean
+    something): their pickles call ``open(marker, "w")``. Read from the opcodes; never loaded."""
+    sig_dir = damaged.folder / "signatures"
+    opener = f"{builtins.open.__module__}.{builtins.open.__qualname__}"  # io.open
+    for name in ("evil_pickle", "unlisted"):
+        raw = (sig_dir / f"{name}.safetensors").read_bytes()
+        assert opener in pickled_calls(raw) and str(damaged.marker) in raw.decode("latin-1")
+    with zipfile.ZipFile(sig_dir / "evil_zip.safetensors") as z:
+        (inner,) = [n for n in z.namelist() if n.endswith("data.pkl")]
+        assert opener in pickled_calls(z.read(inner))
     assert not damaged.marker.exists()
 
 
