@@ -74,6 +74,11 @@ def _header(context: Any, idx: int, name: str) -> str | None:
     return None
 
 
+def _is_kserve(row: Any) -> bool:
+    """Whether a batch row is a KServe v2 input (``service_envelope=kservev2``)."""
+    return isinstance(row, dict) and all(k in row for k in _KSERVE_KEYS)
+
+
 def _guard_kservev2() -> None:
     """Make TorchServe's KServe v2 envelope (``service_envelope=kservev2``) fail softly.
 
@@ -180,7 +185,7 @@ class RWSHandler(BaseHandler):
             folder,
             device,
             dtype,
-            ", ".join(self.engine.signatures) or "none",
+            ", ".join(self.engine.defaults) or "none",
         )
         self.initialized = True
 
@@ -195,7 +200,7 @@ class RWSHandler(BaseHandler):
         assert self.parser is not None
         if not isinstance(row, dict):
             raise RequestError("empty request", 400)
-        if all(k in row for k in _KSERVE_KEYS):
+        if _is_kserve(row):
             return self._parse_kserve(row)
         body = next((row[k] for k in _BODY_KEYS if row.get(k) is not None), None)
         # Query parameters reach the handler only via /invocations?model_name=...&signatures=..
@@ -206,15 +211,6 @@ class RWSHandler(BaseHandler):
             if value is not None and key not in query:
                 query[key] = value
         ctype = _header(self.context, idx, "Content-Type")
-        if body is None and (ctype or "").lower().startswith("application/x-www-form-urlencoded"):
-            # TorchServe decodes a form body into parameters: the image bytes are gone.
-            raise RequestError(
-                "the body was sent as a form (Content-Type: application/x-www-form-urlencoded, "
-                "what curl --data-binary sends unless told otherwise); send a raw image with "
-                "Content-Type: image/png (or image/jpeg, ...) or a JSON request with "
-                "Content-Type: application/json",
-                415,
-            )
         return self.parser.parse(body, content_type=ctype, query=query)
 
     def _parse_kserve(self, row: dict[str, Any]) -> InferenceRequest:
@@ -254,7 +250,7 @@ class RWSHandler(BaseHandler):
         answers: list[Any] = [None] * n
         valid: list[tuple[int, InferenceRequest]] = []
         # Under the KServe v2 envelope all rows are inputs of ONE request (status index 0).
-        self._kserve = any(isinstance(r, dict) and all(k in r for k in _KSERVE_KEYS) for r in data)
+        self._kserve = any(_is_kserve(r) for r in data)
         for idx, row in enumerate(data):
             try:
                 valid.append((idx, self._parse_row(idx, row)))

@@ -131,9 +131,9 @@ class _RoutedLinear(_Routing, nn.Linear):
 
 def _route(module: nn.Module, slot: int, state: _RouteState) -> None:
     """Make ``module`` (a Conv2d or Linear, or an already routed one) a routed layer."""
-    if isinstance(module, nn.Conv2d) and type(module) in (nn.Conv2d, _RoutedConv2d):
+    if type(module) in (nn.Conv2d, _RoutedConv2d):
         module.__class__ = _RoutedConv2d
-    elif isinstance(module, nn.Linear) and type(module) in (nn.Linear, _RoutedLinear):
+    elif type(module) in (nn.Linear, _RoutedLinear):
         module.__class__ = _RoutedLinear
     else:
         raise SignatureMismatchError(
@@ -368,8 +368,6 @@ class Engine:
                     )
                 touched.add(tname)
         modules = dict(model.named_modules())
-        slot_of: dict[str, int] = {}
-        self._slots: list[str] = []  # module name per slot, forward (definition) order
         for tname in touched:
             mname, _, attr = tname.rpartition(".")
             module = modules.get(mname)
@@ -378,14 +376,10 @@ class Engine:
                     f"signatures patch {tname!r}; the engine routes the weight and bias of "
                     "Conv2d and Linear layers only"
                 )
-        for mname in modules:
-            names = {f"{mname}.weight", f"{mname}.bias"}
-            if not names & touched:
-                continue
-            slot_of[mname] = len(self._slots)
-            self._slots.append(mname)
+        # module name per slot, forward (definition) order
+        self._slots: list[str] = [m for m in modules if {f"{m}.weight", f"{m}.bias"} & touched]
         self._state = _RouteState()
-        for mname, slot in slot_of.items():
+        for slot, mname in enumerate(self._slots):
             _route(modules[mname], slot, self._state)
 
         # Float32 bases of the patched tensors (the module's own tensors when float32) and the
@@ -556,18 +550,15 @@ class Engine:
         Returns a :class:`Mix` (zero alphas dropped), or ``"auto"``. Raises
         :class:`InvalidMixError` naming the problem (unknown names list the known ones).
         """
-        if isinstance(obj, str) and obj.strip().lower() == AUTO:
+        if _is_auto(obj):
             return AUTO
-        mix = Mix.parse(
+        return Mix.parse(
             obj,
             known=self._deltas.keys(),
             defaults=self._defaults,
             max_alpha=self.max_alpha,
             allow_negative=self.allow_negative,
-        )
-        if any(a == 0.0 for a in mix.values()):
-            mix = Mix({n: a for n, a in mix.items() if a != 0.0})
-        return mix
+        ).without_zeros()
 
     def _resolve(
         self,
@@ -670,19 +661,31 @@ class Engine:
             RequestError: ``"auto"`` without a detector (status 400).
             ValueError: ``images`` is not (N, C, H, W) or the counts differ.
         """
+        x, mixes = self._inputs(images, mixes)
+        return self._logits(x, self._resolve(x, mixes))
+
+    def _inputs(
+        self, images: torch.Tensor, mixes: Sequence[MixLike] | MixLike
+    ) -> tuple[torch.Tensor, Sequence[MixLike]]:
+        """``images`` checked and moved to the engine's device, dtype and memory format, and
+        one mix per image."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
         n = images.shape[0]
-        if mixes is None or isinstance(mixes, (str, Mapping)):
-            mixes = [mixes] * n
+        mixes = _per_image(mixes, n)
         if len(mixes) != n:
             raise ValueError(f"{n} images but {len(mixes)} mixes")
         x = images.to(self.device, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x, mixes
+
+    def _logits(self, x: torch.Tensor, resolved: Sequence[Mix]) -> torch.Tensor:
+        """Logits of ``x`` (from :meth:`_inputs`) under mixes already resolved by
+        :meth:`_resolve`, one per row; the one inference path behind every public call."""
+        n = x.shape[0]
         if n == 0:
             return torch.empty(0, len(self.classes), device=self.device)
-        resolved = self._resolve(x, mixes)
 
         # Group rows by mix; make every group contiguous (stable order).
         group_of: dict[Mix, int] = {}
@@ -736,14 +739,14 @@ class Engine:
         classes, ``"clean"`` included) when the detector reports them.
         """
         n = images.shape[0]
-        if mixes is None or isinstance(mixes, (str, Mapping)):
-            mixes = [mixes] * n
+        mixes = _per_image(mixes, n)
         ks = [int(top_k)] * n if isinstance(top_k, int) else [int(k) for k in top_k]
         if len(ks) != n:
             raise ValueError(f"{n} images but {len(ks)} top_k values")
         detected: list[Any] = [None] * n
         resolved = self._resolve(images, mixes, detected)
-        logits = self.predict(images, resolved)
+        x, _ = self._inputs(images, resolved)
+        logits = self._logits(x, resolved)
         probs = torch.softmax(logits, dim=1).cpu()
         kmax = max(1, min(max(ks, default=1), probs.shape[1]))
         values, indices = probs.topk(kmax, dim=1)
@@ -755,7 +758,7 @@ class Engine:
                 for p, j in zip(values[i, :k].tolist(), indices[i, :k].tolist(), strict=True)
             ]
             answer: dict[str, Any] = {"predictions": preds, "mix": dict(resolved[i])}
-            if isinstance(mixes[i], str) and mixes[i].strip().lower() == AUTO:
+            if _is_auto(mixes[i]):
                 answer["auto"] = True
                 if detected[i] is not None:
                     answer["detected"] = detected[i]
@@ -791,10 +794,12 @@ class MixedModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         n = images.shape[0] if images.dim() == 4 else 0
         detected: list[Any] = [None] * n
-        resolved = self.engine._resolve(images.to(self.engine.device), [self.mix] * n, detected)
+        engine = self.engine
+        resolved = engine._resolve(images.to(engine.device), [self.mix] * n, detected)
         self.last_mixes = [dict(m) for m in resolved]
         self.last_detected = detected
-        return self.engine.predict(images, resolved)
+        x, _ = engine._inputs(images, resolved)
+        return engine._logits(x, resolved)
 
     def extra_repr(self) -> str:
         return f"mix={self.mix!r}"
@@ -802,6 +807,18 @@ class MixedModel(nn.Module):
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _is_auto(obj: Any) -> bool:
+    """Whether a mix asks for the detector (``"auto"``, any case and spacing)."""
+    return isinstance(obj, str) and obj.strip().lower() == AUTO
+
+
+def _per_image(mixes: Sequence[MixLike] | MixLike, n: int) -> Sequence[MixLike]:
+    """``mixes`` as one per image: a single mix (None, a string, a mapping) is repeated."""
+    if mixes is None or isinstance(mixes, (str, Mapping)):
+        return [mixes] * n
+    return mixes
 
 
 def _copy_model(model: nn.Module) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from rws_hub.errors import InvalidMixError
@@ -49,6 +49,37 @@ def _check_name(name: Any) -> str:
     return stripped
 
 
+def _checked(
+    pairs: Iterable[tuple[Any, Any]],
+    *,
+    known: Collection[str] | None = None,
+    max_alpha: float | None = None,
+    allow_negative: bool = True,
+) -> dict[str, float]:
+    """``{name: alpha}`` from ``(name, alpha)`` pairs, each checked in turn: name, duplicate,
+    ``known`` (when given), number, finite, sign (unless ``allow_negative``), ``max_alpha``."""
+    checked: dict[str, float] = {}
+    for raw_name, value in pairs:
+        name = _check_name(raw_name)
+        if name in checked:
+            raise InvalidMixError(f"signature {name!r} appears twice in the mix")
+        if known is not None and name not in known:
+            listing = ", ".join(sorted(known)) if known else "none are loaded"
+            raise InvalidMixError(f"unknown signature {name!r}; known: {listing}")
+        alpha = _as_alpha(name, value)
+        if not math.isfinite(alpha):
+            raise InvalidMixError(f"alpha for {name!r} must be finite, got {alpha}")
+        if alpha < 0 and not allow_negative:
+            raise InvalidMixError(f"alpha for {name!r} is negative ({alpha}); not allowed here")
+        if max_alpha is not None and abs(alpha) > max_alpha:
+            raise InvalidMixError(
+                f"alpha for {name!r} is {format_alpha(alpha)}, above the maximum "
+                f"{format_alpha(max_alpha)}"
+            )
+        checked[name] = alpha
+    return checked
+
+
 class Mix(Mapping[str, float]):
     """An immutable, validated mapping ``signature name -> alpha`` (finite floats).
 
@@ -58,21 +89,22 @@ class Mix(Mapping[str, float]):
     empty mix is the clean model.
     """
 
-    __slots__ = ("_items", "_dict", "_hash")
+    __slots__ = ("_dict", "_hash")
 
     def __init__(self, alphas: Mapping[str, float] | None = None) -> None:
-        items: dict[str, float] = {}
-        for name, value in (alphas or {}).items():
-            clean = _check_name(name)
-            if clean in items:
-                raise InvalidMixError(f"signature {clean!r} appears twice in the mix")
-            alpha = _as_alpha(clean, value)
-            if not math.isfinite(alpha):
-                raise InvalidMixError(f"alpha for {clean!r} must be finite, got {alpha}")
-            items[clean] = alpha
-        self._items: tuple[tuple[str, float], ...] = tuple(sorted(items.items()))
-        self._dict = dict(self._items)
-        self._hash = hash(self._items)
+        self._set(_checked((alphas or {}).items()))
+
+    def _set(self, alphas: Mapping[str, float]) -> None:
+        """Hold already validated ``alphas`` (sorted by name)."""
+        self._dict: dict[str, float] = dict(sorted(alphas.items()))
+        self._hash = hash(tuple(self._dict.items()))
+
+    @classmethod
+    def _trusted(cls, alphas: Mapping[str, float]) -> Mix:
+        """A Mix of ``alphas`` that were validated already (no second pass)."""
+        mix = cls.__new__(cls)
+        mix._set(alphas)
+        return mix
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -134,27 +166,9 @@ class Mix(Mapping[str, float]):
                 "a mix is a dict {name: alpha}, a list of names, a string 'a:1,b:0.5' or "
                 f"None, not {type(obj).__name__}"
             )
-
-        checked: dict[str, float] = {}
-        for raw_name, value in pairs:
-            name = _check_name(raw_name)
-            if name in checked:
-                raise InvalidMixError(f"signature {name!r} appears twice in the mix")
-            if known is not None and name not in known:
-                listing = ", ".join(sorted(known)) if known else "none are loaded"
-                raise InvalidMixError(f"unknown signature {name!r}; known: {listing}")
-            alpha = _as_alpha(name, value)
-            if not math.isfinite(alpha):
-                raise InvalidMixError(f"alpha for {name!r} must be finite, got {alpha}")
-            if alpha < 0 and not allow_negative:
-                raise InvalidMixError(f"alpha for {name!r} is negative ({alpha}); not allowed here")
-            if max_alpha is not None and abs(alpha) > max_alpha:
-                raise InvalidMixError(
-                    f"alpha for {name!r} is {format_alpha(alpha)}, above the maximum "
-                    f"{format_alpha(max_alpha)}"
-                )
-            checked[name] = alpha
-        return cls(checked)
+        return cls._trusted(
+            _checked(pairs, known=known, max_alpha=max_alpha, allow_negative=allow_negative)
+        )
 
     @staticmethod
     def _pairs_from_string(text: str, defaults: Mapping[str, float]) -> list[tuple[str, Any]]:
@@ -188,14 +202,14 @@ class Mix(Mapping[str, float]):
         return iter(self._dict)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._dict)
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mix):
-            return self._items == other._items
+            return self._dict == other._dict
         if isinstance(other, Mapping):
             return self._dict == dict(other)
         return NotImplemented
@@ -203,15 +217,21 @@ class Mix(Mapping[str, float]):
     @property
     def is_empty(self) -> bool:
         """True when no signature is selected (the clean model)."""
-        return not self._items
+        return not self._dict
 
     @property
     def names(self) -> tuple[str, ...]:
         """Signature names, sorted."""
-        return tuple(n for n, _ in self._items)
+        return tuple(self._dict)
+
+    def without_zeros(self) -> Mix:
+        """This mix less its zero alphas (``self`` when it has none)."""
+        if all(a != 0.0 for a in self._dict.values()):
+            return self
+        return Mix._trusted({n: a for n, a in self._dict.items() if a != 0.0})
 
     def __str__(self) -> str:
-        return ",".join(f"{n}:{format_alpha(a)}" for n, a in self._items)
+        return ",".join(f"{n}:{format_alpha(a)}" for n, a in self._dict.items())
 
     def __repr__(self) -> str:
         return f"Mix({str(self)!r})"

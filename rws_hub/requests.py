@@ -158,6 +158,15 @@ class RequestParser:
             data = body.encode("utf-8")
             ctype = ctype or "application/json"
         elif body is None:
+            if ctype == "application/x-www-form-urlencoded":
+                # A server that decodes form bodies (TorchServe) leaves no image bytes behind.
+                raise RequestError(
+                    "the body was sent as a form (Content-Type: application/x-www-form-"
+                    "urlencoded, what curl --data-binary sends unless told otherwise); send a "
+                    "raw image with Content-Type: image/png (or image/jpeg, ...) or a JSON "
+                    "request with Content-Type: application/json",
+                    415,
+                )
             raise RequestError("empty request: no body", 400)
         else:
             raise RequestError(f"unsupported body type {type(body).__name__}", 400)
@@ -213,9 +222,7 @@ class RequestParser:
             )
         except InvalidMixError as exc:
             raise RequestError(f"bad 'signatures': {exc}", 400) from None
-        if any(a == 0.0 for a in mix.values()):
-            mix = Mix({n: a for n, a in mix.items() if a != 0.0})
-        return mix
+        return mix.without_zeros()
 
     def parse_top_k(self, value: Any, *, text: bool = False) -> int:
         """``top_k`` from JSON (an int) or, with ``text=True``, from a query string (decimal
@@ -223,10 +230,10 @@ class RequestParser:
         if value is None:
             return max(1, min(self.default_top_k, self.num_classes))
         if isinstance(value, str) and text:
-            text = value.strip()
-            if not (text.isascii() and text.isdigit()) or len(text) > 6:  # not '²' (int fails)
+            digits = value.strip()  # ASCII only: '²' is a digit to str, not to int()
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 6:
                 raise RequestError(f"'top_k' must be an integer, got {value!r}", 400)
-            value = int(text)
+            value = int(digits)
         elif isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer() and math.isfinite(value):
                 value = int(value)

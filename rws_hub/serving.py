@@ -185,6 +185,18 @@ def _yaml_scalar(value: Any) -> str:
     return json.dumps(value)  # JSON scalars are valid YAML
 
 
+def _worker_settings(opts: ServeOptions) -> dict[str, int]:
+    """The model's workers, batching and timeout, as TorchServe names them (the KServe v2
+    envelope handles one request per call, so its batch size is 1)."""
+    return {
+        "minWorkers": opts.workers,
+        "maxWorkers": opts.workers,
+        "batchSize": 1 if opts.envelope == "kservev2" else opts.batch_size,
+        "maxBatchDelay": opts.max_batch_delay,
+        "responseTimeout": opts.response_timeout,
+    }
+
+
 def build_archive(opts: ServeOptions, archive_format: str = "no-archive") -> Path:
     """Build the archive into ``<run dir>/model-store/``: a directory ``<name>/``
     (``no-archive``, what :func:`start` serves) or ``<name>.mar`` (``archive_format="default"``,
@@ -206,15 +218,10 @@ def build_archive(opts: ServeOptions, archive_format: str = "no-archive") -> Pat
     shutil.copytree(package, stage / "rws_hub", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(folder, stage / "model-folder", ignore=shutil.ignore_patterns(".cache"))
 
-    batch = 1 if opts.envelope == "kservev2" else opts.batch_size
     settings = {"folder": "model-folder", "max_body_bytes": opts.max_body_bytes}
     settings.update(opts.settings)
     lines = [
-        f"minWorkers: {opts.workers}",
-        f"maxWorkers: {opts.workers}",
-        f"batchSize: {batch}",
-        f"maxBatchDelay: {opts.max_batch_delay}",
-        f"responseTimeout: {opts.response_timeout}",
+        *(f"{k}: {v}" for k, v in _worker_settings(opts).items()),
         "rws:",
         *(f"  {k}: {_yaml_scalar(v)}" for k, v in settings.items()),
     ]
@@ -245,18 +252,9 @@ def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
     """Write ``config.properties`` and ``log4j2.xml`` into the run directory."""
     run_dir = opts.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    batch = 1 if opts.envelope == "kservev2" else opts.batch_size
     model = {
         opts.model_name: {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": opts.model_name,
-                "minWorkers": opts.workers,
-                "maxWorkers": opts.workers,
-                "batchSize": batch,
-                "maxBatchDelay": opts.max_batch_delay,
-                "responseTimeout": opts.response_timeout,
-            }
+            "1.0": {"defaultVersion": True, "marName": opts.model_name, **_worker_settings(opts)}
         }
     }
     # JSON-level overhead on top of the image: base64 (4/3) plus the other fields
@@ -345,9 +343,13 @@ class Server:
         """Token keys (see :func:`read_keys`)."""
         return read_keys(self.run_dir)
 
+    def _key(self, api: str) -> str | None:
+        """The token key for ``api`` (None without token auth or before the server wrote it)."""
+        return self.keys().get(api) if self.opts.auth else None
+
     def headers(self, api: str = "inference") -> dict[str, str]:
         """``{"Authorization": "Bearer <key>"}`` for ``api`` (empty without token auth)."""
-        key = self.keys().get(api) if self.opts.auth else None
+        key = self._key(api)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def java_pid(self) -> int | None:
@@ -364,7 +366,7 @@ class Server:
 
     def status(self) -> str | None:
         """The model's worker status (``READY``, ...) from the management API, or None."""
-        key = self.keys().get("management") if self.opts.auth else None
+        key = self._key("management")
         try:
             code, text = _http(f"{self.opts.management_url}/models/{self.opts.model_name}", key)
         except OSError:
@@ -384,7 +386,7 @@ class Server:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise ServeError(f"torchserve exited; see {self.run_dir / 'logs'}\n{self.tail()}")
-            key = self.keys().get("inference") if self.opts.auth else None
+            key = self._key("inference")
             if not self.opts.auth or key:
                 try:
                     code, _ = _http(f"{self.opts.inference_url}/ping", key, timeout=2)
@@ -430,7 +432,7 @@ class Server:
             state = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        opts = ServeOptions(**{k: v for k, v in state["options"].items()})
+        opts = ServeOptions(**state["options"])
         return cls(opts=opts, launcher_pid=int(state["launcher_pid"]))
 
 
