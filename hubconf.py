@@ -60,9 +60,7 @@ def cifar10_vgg16(pretrained=True, signatures=None, patch=None, device="cpu", ve
     if not pretrained:
         if signatures or patch:
             raise ValueError("signatures and patch need pretrained=True (the backbone they fit)")
-        from rws_hub.models import model_from_config
-
-        return model_from_config(weights.config()).to(device).eval()
+        return weights.build_model(pretrained=False).to(device).eval()
     names = signatures
     if patch:
         wanted = list(patch)
@@ -101,8 +99,7 @@ def _auto(weights, device, verify):
     wrapped = engine.as_module("auto").eval()
     model = folder.model
     for attr in ("rws_signatures", "rws_lineage", "rws_architecture", "rws_config"):
-        if hasattr(model, attr):
-            setattr(wrapped, attr, getattr(model, attr))
+        setattr(wrapped, attr, getattr(model, attr))  # set by ModelFolder.load
     wrapped.rws_refused = dict(engine.refused)
     return wrapped
 

@@ -45,17 +45,13 @@ def per_corruption(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def gain_share(metrics: Mapping[str, Any]) -> float | None:
     """Mean (patched RA − backbone RA) / mean (robust model RA − backbone RA), when measured."""
-    rows = [
-        r
-        for r in per_corruption(metrics).values()
-        if all(
-            _number(r.get(k)) is not None for k in ("backbone_ra", "patched_ra", "robust_model_ra")
-        )
-    ]
+    keys = ("backbone_ra", "patched_ra", "robust_model_ra")
+    rows = [[_number(r.get(k)) for k in keys] for r in per_corruption(metrics).values()]
+    rows = [r for r in rows if None not in r]
     if not rows:
         return None
-    patched = sum(_number(r["patched_ra"]) - _number(r["backbone_ra"]) for r in rows)
-    robust = sum(_number(r["robust_model_ra"]) - _number(r["backbone_ra"]) for r in rows)
+    patched = sum(p - b for b, p, _ in rows)
+    robust = sum(rm - b for b, _, rm in rows)
     return patched / robust if robust > 0 else None
 
 

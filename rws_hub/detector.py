@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from torch import nn
 from rws_hub.errors import ArtifactError
 from rws_hub.mix import Mix
 from rws_hub.models import CIFAR10_MEAN, CIFAR10_STD, Normalize
+from rws_hub.seeding import seeded_generator
 
 __all__ = [
     "CLEAN",
@@ -373,7 +374,7 @@ class AutoRule:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> AutoRule:
-        names = {"kind", "threshold", "strength", "top_k", "clean_veto"}
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -639,7 +640,7 @@ def _plan(
     cfg: DetectorTrainConfig, n: int, start: int, stop: int, key: int
 ) -> dict[str, torch.Tensor]:
     """Which image, class and severity each sample uses (seeded)."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + key)
+    g = seeded_generator(cfg.seed, key)
     index = torch.randint(start, stop, (n,), generator=g)
     n_corr = len(detector_classes()) - 1
     clean = torch.rand(n, generator=g) < cfg.clean_share
@@ -797,8 +798,7 @@ def train_detector(
     total = steps_per_epoch * cfg.epochs
     for epoch in range(start_epoch, cfg.epochs):
         det.head.train()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=seeded_generator(cfg.seed, epoch))
         loss_sum = 0.0
         for b in range(steps_per_epoch):
             step = epoch * steps_per_epoch + b

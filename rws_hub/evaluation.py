@@ -95,21 +95,17 @@ class EvalReport:
         labels = list(self.clean) or sorted(
             {lab for per in self.corrupted.values() for v in per.values() for lab in v}
         )
+
+        def row(data: str, severity: Any, accs: Mapping[str, float]) -> str:
+            cells = " | ".join(f"{accs.get(x, float('nan')):.2f}" for x in labels)
+            return f"| {data} | {severity} | {cells} |"
+
         head = "| data | severity | " + " | ".join(labels) + " |"
         rows = [head, "|" + " --- |" * (len(labels) + 2)]
         if self.clean:
-            rows.append(
-                "| clean | – | "
-                + " | ".join(f"{self.clean.get(x, float('nan')):.2f}" for x in labels)
-                + " |"
-            )
+            rows.append(row("clean", "–", self.clean))
         for c, per in self.corrupted.items():
-            for s, v in sorted(per.items()):
-                rows.append(
-                    f"| {c} | {s} | "
-                    + " | ".join(f"{v.get(x, float('nan')):.2f}" for x in labels)
-                    + " |"
-                )
+            rows += [row(c, s, v) for s, v in sorted(per.items())]
         return "\n".join(rows) + "\n"
 
 

@@ -157,6 +157,15 @@ def check_file(path: str | Path, rel: str, entry: Mapping[str, Any] | None) -> s
     return None
 
 
+def _verify(path: Path, rel: str, manifest: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Raise :class:`ArtifactError` naming ``rel`` when ``manifest`` is given and the file does
+    not match its entry (:func:`check_file`); no check without a manifest."""
+    if manifest is not None:
+        problem = check_file(path, rel, manifest.get(rel))
+        if problem:
+            raise ArtifactError(f"{rel}: {problem}")
+
+
 def _read_tensors(path: Path, rel: str, device: str | torch.device) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=str(device))
@@ -215,11 +224,8 @@ class ModelFolder:
         if not root.is_dir():
             raise ArtifactError(f"{root}: not a model folder (no such directory)")
         manifest = read_manifest(root) if verify else None
-        if manifest is not None:
-            for rel in (CONFIG_FILE, MODEL_FILE):
-                problem = check_file(root / rel, rel, manifest.get(rel))
-                if problem:
-                    raise ArtifactError(f"{rel}: {problem}")
+        for rel in (CONFIG_FILE, MODEL_FILE):
+            _verify(root / rel, rel, manifest)
         config = _read_config(root)
         model = _build_model(config, root / MODEL_FILE, device)
 
@@ -303,10 +309,7 @@ class ModelFolder:
     def _optional_tensors(self, rel: str) -> dict[str, torch.Tensor]:
         if self.path is None or not (self.path / rel).is_file():
             raise ArtifactError(f"{rel}: not in this model folder (optional file)")
-        if self.manifest is not None:
-            problem = check_file(self.path / rel, rel, self.manifest.get(rel))
-            if problem:
-                raise ArtifactError(f"{rel}: {problem}")
+        _verify(self.path / rel, rel, self.manifest)
         return _read_tensors(self.path / rel, rel, self.device)
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
@@ -394,10 +397,7 @@ def read_signature_file(
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{rel}: missing")
-    if manifest is not None:
-        problem = check_file(path, rel, manifest.get(rel))
-        if problem:
-            raise ArtifactError(f"{rel}: {problem}")
+    _verify(path, rel, manifest)
     try:
         sig = Signature.load(path, device=device)
     except RWSError as exc:
@@ -619,11 +619,7 @@ def add_detector(
     card = root / CARD_FILE
     generated = card.is_file() and card.read_text(encoding="utf-8") == model_card(config)
     config["detector"] = dict(detector_config)
-    save_file(
-        {k: v.detach().to("cpu").contiguous() for k, v in state.items()},
-        str(root / DETECTOR_FILE),
-        metadata={"format": "pt"},
-    )
+    save_file(_state_dict(state), str(root / DETECTOR_FILE), metadata={"format": "pt"})
     (root / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     written = [DETECTOR_FILE, CONFIG_FILE]
     if generated:  # a card generated from config.json follows it; a hand-written one stays

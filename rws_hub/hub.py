@@ -368,18 +368,19 @@ class RWSWeights(Enum):
             ]
         )
 
+    def _source(self) -> Path | str:
+        """:meth:`local_folder` when there is one, else the hub repo id."""
+        local = self.local_folder()
+        return local if local is not None else self.value.repo_id
+
     def load(self, **kwargs: Any) -> ModelFolder:
         """The loaded folder (kwargs of :func:`from_pretrained`: device, signatures, verify,
         revision, cache_dir, token). From the hub only the requested signatures download."""
-        local = self.local_folder()
-        return from_pretrained(local if local is not None else self.value.repo_id, **kwargs)
+        return from_pretrained(self._source(), **kwargs)
 
     def signature(self, name: str, **kwargs: Any) -> Any:
         """One verified signature (kwargs of :func:`signature_from_pretrained`)."""
-        local = self.local_folder()
-        return signature_from_pretrained(
-            local if local is not None else self.value.repo_id, name, **kwargs
-        )
+        return signature_from_pretrained(self._source(), name, **kwargs)
 
     def build_model(self, pretrained: bool = True, **kwargs: Any) -> nn.Module:
         """The backbone (``pretrained``) or an untrained model of the same architecture."""

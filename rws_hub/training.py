@@ -106,6 +106,11 @@ def augment_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
+def _severities(cfg: TrainConfig) -> list[int]:
+    """``cfg.severity`` as a list (one severity, or the list to draw from)."""
+    return cfg.severity if isinstance(cfg.severity, list) else [cfg.severity]
+
+
 def make_batch(
     cfg: TrainConfig, data: ImageArrays, idx: torch.Tensor, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +123,7 @@ def make_batch(
         from rws_hub.corruptions import corrupt
 
         n_c = max(1, round(cfg.corrupt_fraction * len(x)))
-        severities = cfg.severity if isinstance(cfg.severity, list) else [cfg.severity]
+        severities = _severities(cfg)
         sev = severities[int(torch.randint(0, len(severities), (1,), generator=g))]
         x[:n_c] = corrupt(x[:n_c], cfg.corruption, sev, generator=g)
     return x, y
@@ -259,9 +264,7 @@ def train(
                         model,
                         test_set,
                         corruption=cfg.corruption,
-                        severity=max(cfg.severity)
-                        if isinstance(cfg.severity, list)
-                        else cfg.severity,
+                        severity=max(_severities(cfg)),
                         channels_last=cfg.channels_last,
                     )
                 model.train()

@@ -152,9 +152,8 @@ def quantize_signature(sig: Any, scheme: str) -> Any:
     """Apply the zoo's storage choice: ``fp32``, ``int8``, ``int4`` or ``log8`` (per-channel)."""
     if scheme == "fp32":
         return sig
-    if scheme.startswith("log"):
-        return sig.quantize(bits=int(scheme[3:]), scheme="log", granularity="channel")
-    return sig.quantize(bits=int(scheme[3:]), scheme="linear", granularity="channel")
+    kind = "log" if scheme.startswith("log") else "linear"
+    return sig.quantize(bits=int(scheme[3:]), scheme=kind, granularity="channel")
 
 
 class ZooBuilder:
@@ -304,12 +303,10 @@ class ZooBuilder:
     # --- export ---------------------------------------------------------------------------
     def export(self) -> Path:
         from rws_hub.folder import save_model_folder
-        from rws_hub.lineage import fingerprint
 
         pre = load_file(str(self.work / "pretrain/final.safetensors"))
         model = load_state_model(self.spec, self.work / "clean/final.safetensors")
-        config = self.spec.config_json()
-        config["lineage"] = fingerprint(pre)
+        config = self.spec.config_json()  # lineage: save_model_folder fingerprints ``pre``
         config["metrics"] = self.metrics()
         config["default_signatures"] = list(self.spec.corruptions)
         return save_model_folder(
