@@ -664,11 +664,11 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    figs = plots(results, args.out.parent)
-    args.out.write_text(markdown(results, figs))
+    report = markdown(results, plots(results, args.out.parent))
+    args.out.write_text(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
-    print(markdown(results, figs))
+    print(report)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,13 @@ and ``--max-seconds`` of sending.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +33,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 import torch
 from PIL import Image
 
 from rws_hub import serving
 from rws_hub.engine import Engine
-from rws_hub.requests import RequestParser
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "tests") not in sys.path:  # the server tests' helpers (tiny folder, client side)
+    sys.path.insert(0, str(REPO / "tests"))
+from serving_helpers import (  # noqa: E402
+    add_test_detector,
+    b64,
+    describe,
+    expected,
+    make_serving_folder,
+    same_answer,
+    session,
+    start_server,
+    workers,
+)
 
 
 @dataclass
@@ -116,13 +124,10 @@ def _mix_text(mix: Any) -> str | None:
 
 
 def _same(answer: dict[str, Any], want: dict[str, Any], atol: float, rtol: float) -> bool:
-    if answer.get("mix") != want["mix"] or bool(answer.get("auto")) != bool(want.get("auto")):
+    """:func:`same_answer`, and both agree on whether "auto" chose the mix."""
+    if bool(answer.get("auto")) != bool(want.get("auto")):
         return False
-    if [p["class"] for p in answer["predictions"]] != [p["class"] for p in want["predictions"]]:
-        return False
-    got = np.array([p["probability"] for p in answer["predictions"]])
-    ref = np.array([p["probability"] for p in want["predictions"]])
-    return bool(np.allclose(got, ref, atol=atol, rtol=rtol))
+    return same_answer(answer, want, atol=atol, rtol=rtol)
 
 
 def run_soak(
@@ -139,7 +144,7 @@ def run_soak(
 ) -> SoakResult:
     """Send ``total`` requests from ``clients`` threads (persistent sessions) and compare every
     answer with the single-request in-process answer of ``engine``."""
-    meta = _describe(server)
+    meta = describe(server)
     names = [s["name"] for s in meta["signatures"]]
     auto = bool(meta.get("auto")) and engine.detector is not None
     max_alpha = min(float(meta.get("max_alpha") or 2.0), 2.5)
@@ -150,17 +155,13 @@ def run_soak(
         mix = random_mix(rng, names, max_alpha, auto)
         jobs.append((i, rng.randrange(len(pool)), mix, rng.randint(1, len(engine.classes))))
 
-    local = threading.local()
     deadline = time.monotonic() + max_seconds
 
     def send(job: tuple[int, int, Any, int]) -> tuple[int, Any, float, str]:
         i, img, mix, k = job
         if time.monotonic() > deadline:
             return -2, "not sent (time bound)", 0.0, "none"
-        s = getattr(local, "session", None)
-        if s is None:
-            s = local.session = requests.Session()
-            s.headers.update(server.headers())
+        s = session(server)  # one persistent session per client thread
         data = pool[img]
         start = time.perf_counter()
         try:
@@ -173,7 +174,7 @@ def run_soak(
                 r = s.post(server.inference_url, data=data, headers=headers, timeout=120)
             else:
                 form = "json"
-                body = {"image": base64.b64encode(data).decode(), "signatures": mix, "top_k": k}
+                body = {"image": b64(data), "signatures": mix, "top_k": k}
                 r = s.post(server.inference_url, json=body, timeout=120)
             status, answer = r.status_code, r.json()
         except Exception as exc:  # noqa: BLE001 (counted as an error, never raised)
@@ -187,7 +188,6 @@ def run_soak(
 
     # the reference, after the load (one image at a time through the in-process engine)
     t1 = time.perf_counter()
-    parser = RequestParser.for_engine(engine)
     refs: dict[tuple[int, str, int], dict[str, Any]] = {}
     out = SoakResult(clients=clients, wall_s=round(wall, 2))
     latencies, batches, errors, forms = [], Counter(), Counter(), Counter()
@@ -206,10 +206,7 @@ def run_soak(
         batches[str(answer.get("batch_size"))] += 1
         key = (img, json.dumps(mix, sort_keys=True), k)
         if key not in refs:
-            req = parser.parse(
-                {"image": base64.b64encode(pool[img]).decode(), "signatures": mix, "top_k": k}
-            )
-            refs[key] = engine.classify(req.image[None], [req.mix], top_k=req.top_k)[0]
+            refs[key] = expected(engine, pool[img], mix, k)
         mixes.add(json.dumps(answer.get("mix"), sort_keys=True))
         if not _same(answer, refs[key], atol, rtol):
             out.mismatches += 1
@@ -227,28 +224,6 @@ def run_soak(
     out.throughput_rps = round(out.requests / wall, 1) if wall > 0 else 0.0
     out.reference_s = round(time.perf_counter() - t1, 2)
     return out
-
-
-def _describe(server: serving.Server) -> dict[str, Any]:
-    r = requests.get(
-        f"{server.opts.management_url}/models/{server.opts.model_name}",
-        params={"customized": "true"},
-        headers=server.headers("management"),
-        timeout=30,
-    )
-    r.raise_for_status()
-    meta = r.json()[0]["customizedMetadata"]
-    return json.loads(meta) if isinstance(meta, str) else meta
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,27 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rws-soak-") as tmp:
         folder = args.folder
         if folder is None:
-            sys.path.insert(0, str(REPO / "tests"))
-            from serving_helpers import add_test_detector, make_serving_folder
-
             folder = make_serving_folder(Path(tmp) / "tiny-vgg")
             if not args.no_auto:
                 add_test_detector(folder)
-        port, mport, xport, gport = _free_ports(4)
-        opts = serving.ServeOptions(
-            folder=folder,
-            run_dir=Path(tmp) / "serve",
-            model_name="soak",
-            port=port,
-            management_port=mport,
-            metrics_port=xport,
-            grpc_port=gport,
+        engine = Engine.from_folder(folder, device="cpu", max_alpha=3.0)
+        server = start_server(
+            folder,
+            Path(tmp) / "serve",
+            "soak",
             batch_size=args.batch_size,
             max_batch_delay=args.batch_delay,
             settings={"max_alpha": 3.0, "threads": args.threads},
         )
-        engine = Engine.from_folder(folder, device="cpu", max_alpha=3.0)
-        server = serving.start(opts, timeout=180)
         try:
             pid_before = _worker_pids(server)
             result = run_soak(
@@ -313,13 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker_pids(server: serving.Server) -> list[int]:
-    r = requests.get(
-        f"{server.opts.management_url}/models/{server.opts.model_name}",
-        headers=server.headers("management"),
-        timeout=30,
-    )
-    r.raise_for_status()
-    return [int(w["pid"]) for w in r.json()[0]["workers"]]
+    return [int(w["pid"]) for w in workers(server)]
 
 
 if __name__ == "__main__":

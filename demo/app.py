@@ -233,6 +233,7 @@ class RestBackend:
         self.management_token = management_token or token
         self.timeout = timeout
         self.model = model or self._first_model()
+        self.predict_url = f"{self.base}/predictions/{urllib.parse.quote(self.model)}"
         self.info = self._describe(folder)
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -341,8 +342,7 @@ class RestBackend:
             "signatures": dict(mix) if isinstance(mix, Mix) else mix,
             "top_k": top_k,
         }
-        url = f"{self.base}/predictions/{urllib.parse.quote(self.model)}"
-        status, payload = self._request(url, self.token, body)
+        status, payload = self._request(self.predict_url, self.token, body)
         if status != 200:
             raise RequestError(self._message(status, payload), status)
         if isinstance(payload, dict) and "predictions" in payload:
@@ -786,12 +786,10 @@ def build_app(backend: Backend) -> gr.Blocks:
             **shared,
         )
         compose_io = {"inputs": [auto, chosen, *sliders], "outputs": [*sliders, mix_box, chosen]}
-        chosen.change(compose, api_visibility="private", **compose_io).then(
-            live_predict, inputs, outputs, api_visibility="private", **shared
-        )
-        auto.change(compose, api_visibility="private", **compose_io).then(
-            live_predict, inputs, outputs, api_visibility="private", **shared
-        )
+        for control in (chosen, auto):
+            control.change(compose, api_visibility="private", **compose_io).then(
+                live_predict, inputs, outputs, api_visibility="private", **shared
+            )
         for slider in sliders:  # dragging, or typing a number into the slider's box
             slider.change(
                 compose, api_visibility="private", trigger_mode="always_last", **compose_io

@@ -95,20 +95,6 @@ class StackOptions:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -151,7 +137,7 @@ class Stack:
     def demo_alive(self) -> bool:
         if self.demo is not None:
             return self.demo.poll() is None
-        return self.demo_pid > 1 and _pid_alive(self.demo_pid)
+        return self.demo_pid > 1 and serving._pid_alive(self.demo_pid)
 
     def server_alive(self) -> bool:
         return self.server is not None and self.server.alive()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import socket
 import threading
@@ -185,8 +186,6 @@ def workers(srv: serving.Server) -> list[dict[str, Any]]:
 
 def describe(srv: serving.Server) -> dict[str, Any]:
     """The handler's ``customizedMetadata`` (``Engine.describe``) via the management API."""
-    import json
-
     r = requests.get(
         f"{srv.opts.management_url}/models/{srv.opts.model_name}",
         params={"customized": "true"},

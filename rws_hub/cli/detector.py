@@ -48,7 +48,6 @@ def _train(args: argparse.Namespace) -> int:
 
     from rws_hub.detector import (
         DetectorTrainConfig,
-        load_detector,
         measure_cost,
         save_detector,
         train_detector,
@@ -67,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         f"{cost['time_ratio']:.2%} of its time (batch {cost['batch']}, "
         f"{cost['threads']} thread(s))"
     )
-    _, stored = load_detector(args.out)
+    stored = dict(config)  # what train_detector wrote to detector.json
     stored["cost"] = cost
     conv = det.conv
     stored["backbone"] = {

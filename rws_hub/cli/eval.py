@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rws_hub.cli.corrupt import parse_severities
+
 EPILOG = """examples:
   # TA, and RA at severity 5 on every corruption, unpatched and with each own signature
   rws eval model-store/cifar10-vgg16 --corruptions all --own --limit 2000 --json out.json
@@ -13,30 +15,15 @@ EPILOG = """examples:
 """
 
 
-def _severities(raw: str) -> list[int]:
-    if "-" in raw:
-        lo, hi = raw.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in raw.split(",")]
-
-
-def _corruptions(raw: str | None) -> list[str]:
-    from rws_hub.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS
-
-    if not raw:
-        return []
-    if raw == "all":
-        return list(ALL_CORRUPTIONS)
-    if raw == "standard":
-        return list(STANDARD_CORRUPTIONS)
-    return [c for c in raw.split(",") if c]
-
-
 def _run(args: argparse.Namespace) -> int:
+    from rws_hub.corruptions import resolve_corruptions
     from rws_hub.data import load_images
     from rws_hub.evaluation import OWN, evaluate, save_report
     from rws_hub.folder import ModelFolder
 
+    # parsed (and checked) before anything is loaded
+    corruptions = resolve_corruptions(args.corruptions) if args.corruptions else ()
+    severities = parse_severities(args.severities)
     folder = ModelFolder.load(args.model)
     mixes: dict[str, object] = {"none": None}
     if args.own:
@@ -47,8 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     report = evaluate(
         folder.model,
         data,
-        corruptions=_corruptions(args.corruptions),
-        severities=_severities(args.severities),
+        corruptions=corruptions,
+        severities=severities,
         mixes=mixes,
         seed=args.seed,
     )
@@ -72,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model folder (e.g. model-store/cifar10-vgg16)")
     p.add_argument("--data", default="../shared/data/cifar10", help="data set (rws_hub.data)")
     p.add_argument("--split", default="test")
-    p.add_argument("--corruptions", help="all | standard | comma list (default: clean only)")
+    p.add_argument(
+        "--corruptions", help="all | standard | extra | comma list (default: clean only)"
+    )
     p.add_argument("--severities", default="5", help="e.g. 5, 1-5 or 1,3,5")
     p.add_argument("--own", action="store_true", help="also patch each corruption's own signature")
     p.add_argument("--patch", action="append", help="name:alpha (repeatable): one fixed mix")

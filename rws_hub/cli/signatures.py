@@ -66,18 +66,6 @@ examples:
 """
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
-
-
-def _quantize(sig: Any, bits: int, scheme: str, granularity: str) -> Any:
-    return sig.quantize(bits=bits, scheme=scheme, granularity=granularity)
-
-
 # -- extract ------------------------------------------------------------------------------
 def _extract(args: argparse.Namespace) -> int:
     from rws_hub.extraction import extract
@@ -102,7 +90,7 @@ def _extract(args: argparse.Namespace) -> int:
     )
     q = _QUANT[args.quantize]
     if q is not None:
-        sig = _quantize(sig, q[0], q[1], args.granularity)
+        sig = sig.quantize(bits=q[0], scheme=q[1], granularity=args.granularity)
     sig.save(args.output)
     print(f"wrote {args.output}: {sig!r}")
     return 0
@@ -110,11 +98,11 @@ def _extract(args: argparse.Namespace) -> int:
 
 # -- quantize -----------------------------------------------------------------------------
 def _quantize_cmd(args: argparse.Namespace) -> int:
-    from rws_hub.signature import Signature
+    from rws_hub.signature import Signature, _fmt_bytes
 
     sig = Signature.load(args.input)
     before = sig.nbytes
-    out = _quantize(sig, args.bits, args.scheme, args.granularity)
+    out = sig.quantize(bits=args.bits, scheme=args.scheme, granularity=args.granularity)
     err = max(
         (
             float((out.tensors[n] - sig.tensors[n]).abs().max())
@@ -154,6 +142,7 @@ def _tensor_rows(head: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _info(args: argparse.Namespace) -> int:
     from rws_hub.serialization import _read_raw_header, read_header
+    from rws_hub.signature import _fmt_bytes
 
     head = read_header(args.file)
     meta = head["metadata"]
