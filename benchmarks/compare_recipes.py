@@ -32,31 +32,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rws_hub.card import gain_share  # noqa: E402
+from rws_hub.zoo import eval_rows  # noqa: E402
+
 HEADING = "## Fine-tuning recipe: corrupted images only vs. a clean/corrupted mix"
 
 
 def summarise(eval_json: dict[str, Any], severity: str) -> dict[str, Any]:
     """Per-corruption and mean TA/RA of backbone, patched backbone and dedicated model (%)."""
-    bb = eval_json["backbone"]
-    own_clean = bb["meta"].get("own_clean", {})
-    rows = {}
-    for c, r in eval_json["robust_models"].items():
-        rows[c] = {
-            "backbone_ra": bb["corrupted"][c][severity]["none"],
-            "patched_ra": bb["corrupted"][c][severity]["own"],
-            "patched_ta": own_clean[c],
-            "robust_ra": r["corrupted"],
-            "robust_ta": r["clean"],
-        }
-    ta = bb["clean"]["none"]
+    keys = {"robust_model_ra": "robust_ra", "robust_model_ta": "robust_ta"}
+    per = eval_rows(eval_json, severity)
+    rows = {c: {keys.get(k, k): v for k, v in r.items()} for c, r in per.items()}
+    ta = eval_json["backbone"]["clean"]["none"]
     m = {k: mean(r[k] for r in rows.values()) for k in next(iter(rows.values()))}
-    gain_patched = m["patched_ra"] - m["backbone_ra"]
-    gain_robust = m["robust_ra"] - m["backbone_ra"]
     return {
         "test_images": eval_json["images"],
         "backbone_ta": ta,
         "mean": m,
-        "gain_share": gain_patched / gain_robust if gain_robust else None,
+        "gain_share": gain_share({"corruptions": per}),
         "patched_ta_drop": ta - m["patched_ta"],
         "robust_ta_drop": ta - m["robust_ta"],
         "corruptions": rows,

@@ -156,6 +156,27 @@ def quantize_signature(sig: Any, scheme: str) -> Any:
     return sig.quantize(bits=int(scheme[3:]), scheme=kind, granularity="channel")
 
 
+def eval_rows(
+    res: dict[str, Any], severity: int | str, corruptions: list[str] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """Per corruption, from a zoo's ``eval.json`` (percent): ``backbone_ra``, ``patched_ra``,
+    ``patched_ta`` (backbone + own signature), ``robust_model_ra``, ``robust_model_ta``."""
+    bb = res["backbone"]
+    sev = str(severity)
+    own_clean = bb["meta"].get("own_clean", {})
+    robust = res["robust_models"]
+    return {
+        c: {
+            "backbone_ra": bb["corrupted"][c][sev]["none"],
+            "patched_ra": bb["corrupted"][c][sev].get("own"),
+            "patched_ta": own_clean.get(c),
+            "robust_model_ra": robust[c]["corrupted"],
+            "robust_model_ta": robust[c]["clean"],
+        }
+        for c in (corruptions if corruptions is not None else list(robust))
+    }
+
+
 class ZooBuilder:
     """Runs the steps of :class:`ZooSpec`; each step skips work already done."""
 
@@ -274,30 +295,18 @@ class ZooBuilder:
         """The measured numbers in the form the model folder's config keeps them (accuracies
         as fractions in [0, 1]; eval.json keeps percent)."""
         res = json.loads((self.work / "eval.json").read_text())
-        bb = res["backbone"]
-        sev = str(self.spec.severity)
-        own_clean = bb["meta"].get("own_clean", {})
 
         def frac(x: float | None) -> float | None:
             return None if x is None else round(x / 100.0, 6)
 
-        per = {}
-        for c in self.spec.corruptions:
-            row = bb["corrupted"][c][sev]
-            per[c] = {
-                "backbone_ra": frac(row["none"]),
-                "patched_ra": frac(row.get("own")),
-                "patched_ta": frac(own_clean.get(c)),
-                "robust_model_ra": frac(res["robust_models"][c]["corrupted"]),
-                "robust_model_ta": frac(res["robust_models"][c]["clean"]),
-            }
+        rows = eval_rows(res, self.spec.severity, self.spec.corruptions)
         return {
             "dataset": "cifar10",
             "split": "test",
             "test_images": res["images"],
             "severity": self.spec.severity,
-            "clean_accuracy": frac(bb["clean"]["none"]),
-            "corruptions": per,
+            "clean_accuracy": frac(res["backbone"]["clean"]["none"]),
+            "corruptions": {c: {k: frac(v) for k, v in r.items()} for c, r in rows.items()},
         }
 
     # --- export ---------------------------------------------------------------------------
