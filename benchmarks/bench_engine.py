@@ -145,7 +145,6 @@ def main_comparison(model, sigs, args) -> dict[str, Any]:
         n: s if s.is_quantized else s.quantize(8, granularity="channel") for n, s in sigs.items()
     }
     engine_codes = Engine(model, qsigs, device="cpu", resident="codes")
-    engine_int8 = Engine(model, qsigs, device="cpu")
     lock = threading.Lock()
 
     def run_plain(r):
@@ -196,7 +195,6 @@ def main_comparison(model, sigs, args) -> dict[str, Any]:
     out = compare(variants, args.rounds, batch)
     out["_memory_engine"] = engine.memory_bytes()
     out["_memory_engine_codes"] = engine_codes.memory_bytes()
-    out["_memory_engine_int8_float"] = engine_int8.memory_bytes()
     out["_cache"] = engine.cache_info()
     out["_cache_named"] = engine_named.cache_info()
     return out
@@ -474,9 +472,6 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         f"{mem['engine']['cache'] / mem['backbone_bytes']:.2f} |",
         *(
             [
-                f'| engine, int8 signatures held as fp32 (`resident="float"`) | '
-                f"{mem['engine_int8_float']['total'] * mib:.1f} | "
-                f"{mem['engine_int8_float']['total'] / mem['backbone_bytes']:.2f} |",
                 f'| engine, int8 codes resident (`resident="codes"`) | '
                 f"{mem['engine_codes']['total'] * mib:.1f} | "
                 f"{mem['engine_codes']['total'] / mem['backbone_bytes']:.2f} |",
@@ -647,7 +642,6 @@ def main() -> None:
         "per_corruption_bytes": backbone * (len(sigs) + 1),
         "engine": results["main"].pop("_memory_engine"),
         "engine_codes": results["main"].pop("_memory_engine_codes"),
-        "engine_int8_float": results["main"].pop("_memory_engine_int8_float"),
         "signature_fraction": sig_elems / sum(t.numel() for t in model.state_dict().values()),
     }
     results["cache"] = results["main"].pop("_cache")
