@@ -406,7 +406,7 @@ def rule_mix(
         return Mix({top: round(alphas.get(top, 1.0) * scale, 2)})
     chosen = [(c, p) for c, p in usable if c != CLEAN and p >= rule.threshold][: rule.top_k]
     mix = {c: round(alphas.get(c, 1.0) * p, 2) for c, p in chosen}
-    return Mix({c: a for c, a in mix.items() if a != 0.0})
+    return Mix(mix).without_zeros()
 
 
 @dataclass(frozen=True)

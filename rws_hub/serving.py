@@ -40,6 +40,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_FOLDER",
+    "default_folder",
     "Server",
     "ServeOptions",
     "ServeError",
@@ -53,6 +54,14 @@ __all__ = [
 
 DEFAULT_FOLDER = Path("model-store/cifar10-vgg16")
 """The embedded default model folder (relative to the repository root)."""
+
+
+def default_folder() -> Path:
+    """The embedded default model folder: ``model-store/cifar10-vgg16`` of the working
+    directory when it is there, else of the checkout this package lives in."""
+    here = DEFAULT_FOLDER
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / DEFAULT_FOLDER
+
 
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"

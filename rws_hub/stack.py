@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rws_hub import serving
+from rws_hub.serving import default_folder
 
 __all__ = [
     "DEMO_APP",
@@ -45,13 +46,6 @@ STATE_FILE = "stack.json"
 
 class StackError(RuntimeError):
     """The stack could not be started or stopped (the message says which part and why)."""
-
-
-def default_folder() -> Path:
-    """The embedded default model folder: ``model-store/cifar10-vgg16`` of the working
-    directory when it is there, else of the checkout this package lives in."""
-    here = serving.DEFAULT_FOLDER
-    return here if here.is_dir() else REPO_ROOT / serving.DEFAULT_FOLDER
 
 
 @dataclass

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"rws serve: no server running from {args.run_dir}")
         return 0
 
-    folder = args.folder or serving.DEFAULT_FOLDER
+    folder = args.folder or serving.default_folder()
     if not folder.is_dir():
         hint = (
             " (the embedded default; build it or pass a model folder)"
