@@ -76,6 +76,7 @@ class VGGCifar(nn.Module):
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
         plan: Sequence[int | str] = VGG16_PLAN,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
@@ -86,7 +87,14 @@ class VGGCifar(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             else:
                 out = max(1, round(int(item) * width))
-                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
+                if batch_norm:
+                    layers += [
+                        nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                        nn.BatchNorm2d(out),
+                        nn.ReLU(inplace=True),
+                    ]
+                else:
+                    layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
                 channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -94,7 +102,8 @@ class VGGCifar(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.normalize(x))
@@ -118,6 +127,12 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 def vgg16_cifar(num_classes: int = 10, width: float = 1.0, **kwargs: Any) -> nn.Module:
     """VGG-16 (CIFAR variant, no BN, GAP + one linear layer); see :class:`VGGCifar`."""
     return VGGCifar(num_classes=num_classes, width=width, **kwargs)
+
+
+@register_model("vgg16_bn_cifar")
+def vgg16_bn_cifar(num_classes: int = 10, width: float = 1.0, **kwargs: Any) -> nn.Module:
+    """VGG-16 with batch norm after every conv (CIFAR variant, GAP + one linear layer)."""
+    return VGGCifar(num_classes=num_classes, width=width, batch_norm=True, **kwargs)
 
 
 def list_models() -> list[str]:

@@ -51,6 +51,7 @@ class TrainConfig:
     nesterov: bool = False
     schedule: str = "step"  # step (x0.1 at milestones) | onecycle | cosine | constant
     milestones: list[float] = field(default_factory=lambda: [0.4, 0.8])  # fractions of the run
+    label_smoothing: float = 0.0
     augment: bool = True  # random crop (pad 4) + horizontal flip
     corruption: str | None = None  # robust stage: which corruption
     severity: int | list[int] = 5  # one severity, or a list to draw from per batch
@@ -235,7 +236,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)

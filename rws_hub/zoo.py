@@ -45,6 +45,7 @@ class ZooSpec:
     width: float = 0.5
     pretrain_epochs: float = 8
     pretrain_lr: float = 0.05
+    label_smoothing: float = 0.0  # pretraining only
     clean_epochs: float = 0.5
     robust_epochs: float = 0.4
     finetune_lr: float = 0.01
@@ -76,6 +77,7 @@ class ZooSpec:
             lr=self.pretrain_lr,
             schedule="onecycle",
             nesterov=True,
+            label_smoothing=self.label_smoothing,
             **self._base(),
         )
 

@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--schedule", choices=("step", "onecycle", "cosine", "constant"), default=d.schedule
     )
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=True)
     p.add_argument("--corruption", help="robust stage: corruption name")
     p.add_argument("--severity", default="5", help="severity, or a comma list to draw from")
