@@ -19,7 +19,7 @@ dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub"]
 
 
 def _weights(name):
-    from rws_hub.hub import get_weights
+    from rws_hub.io.hub import get_weights
 
     return get_weights(name)
 
@@ -50,7 +50,7 @@ def cifar10_vgg16(pretrained=True, signatures=None, patch=None, device="cpu", ve
         nn.Module in eval mode with ``rws_signatures``, ``rws_lineage``,
         ``rws_architecture``, ``rws_config`` (and ``rws_refused``: signature files that failed
         their checks and were skipped, ``{file: reason}``); for ``patch="auto"`` an
-        ``rws_hub.engine.MixedModel`` whose ``.model`` is that backbone.
+        ``rws_hub.inference.engine.MixedModel`` whose ``.model`` is that backbone.
     """
     weights = _weights("cifar10_vgg16")
     if isinstance(patch, str):
@@ -78,14 +78,14 @@ def cifar10_vgg16(pretrained=True, signatures=None, patch=None, device="cpu", ve
             stacklevel=2,
         )
     if patch:
-        from rws_hub.patching import apply
+        from rws_hub.core.patching import apply
 
         apply(model, dict(patch))
     return model
 
 
 def _auto(weights, device, verify):
-    from rws_hub.engine import Engine
+    from rws_hub.inference.engine import Engine
 
     folder = weights.load(device=device, signatures="all", verify=verify)
     if not folder.has_detector():

@@ -1,6 +1,6 @@
 """Throughput of the batched torch corruptions against a plain per-image NumPy/PIL loop.
 
-For every corruption: images/s of ``rws_hub.corruptions.corrupt`` on batches of 32×32 images
+For every corruption: images/s of ``rws_hub.datasets.corruptions.corrupt`` on batches of 32×32 images
 (default 128, severity 5) and of a straightforward per-image reference written here with NumPy
 and Pillow (the way the corruptions are usually scripted: one image at a time, Python loops where
 the algorithm has them, e.g. glass blur's pixel scan). ``--check`` also compares the two: the
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rws_hub import corruptions as C
-from rws_hub.corruptions import ALL_CORRUPTIONS, SEVERITY_PARAMS, corrupt
+from rws_hub.datasets import corruptions as C
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, SEVERITY_PARAMS, corrupt
 
 # ---------------------------------------------------------------------------------------------
 # per-image NumPy / Pillow reference (float HWC images in [0, 1])
@@ -387,7 +387,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from rws_hub.data import load_images
+    from rws_hub.datasets.arrays import load_images
 
     data = load_images(args.data, split="test").subset(args.batch)
     u8 = data.x

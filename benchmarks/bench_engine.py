@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from rws_hub.engine import Engine
-from rws_hub.models import create_model
-from rws_hub.patching import patch
-from rws_hub.signature import Signature
+from rws_hub.archs.models import create_model
+from rws_hub.core.patching import patch
+from rws_hub.core.signature import Signature
+from rws_hub.inference.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def random_setup(
 
 
 def folder_setup(path: Path) -> tuple[torch.nn.Module, dict[str, Signature]]:
-    from rws_hub.folder import ModelFolder
+    from rws_hub.io.folder import ModelFolder
 
     folder = ModelFolder.load(path, device="cpu")
     return folder.model, dict(folder.signatures)

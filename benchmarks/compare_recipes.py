@@ -32,8 +32,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rws_hub.card import gain_share  # noqa: E402
-from rws_hub.zoo import eval_rows  # noqa: E402
+from rws_hub.io.card import gain_share  # noqa: E402
+from rws_hub.zoo.pipeline import eval_rows  # noqa: E402
 
 HEADING = "## Fine-tuning recipe: corrupted images only vs. a clean/corrupted mix"
 

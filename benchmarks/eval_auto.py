@@ -21,9 +21,12 @@ from typing import Any
 
 import torch
 
-from rws_hub.corruptions import ALL_CORRUPTIONS
-from rws_hub.data import load_images
-from rws_hub.detector import (
+from rws_hub.archs.models import CIFAR10_CLASSES
+from rws_hub.core.lineage import fingerprint
+from rws_hub.core.mix import Mix
+from rws_hub.datasets.arrays import load_images
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
+from rws_hub.detect.detector import (
     AutoPatcher,
     AutoRule,
     CachedPredictor,
@@ -33,12 +36,9 @@ from rws_hub.detector import (
     measure_cost,
     summarize,
 )
-from rws_hub.engine import Engine
-from rws_hub.folder import ModelFolder
-from rws_hub.lineage import fingerprint
-from rws_hub.mix import Mix
-from rws_hub.models import CIFAR10_CLASSES
-from rws_hub.zoo import ZooSpec, load_state_model
+from rws_hub.inference.engine import Engine
+from rws_hub.io.folder import ModelFolder
+from rws_hub.zoo.pipeline import ZooSpec, load_state_model
 
 SECTION = "## Auto-patch: detecting the corruption"
 
@@ -153,7 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
         SECTION,
         "",
         'With `"signatures": "auto"` the server chooses the patch itself: a corruption detector '
-        "(`rws_hub/detector.py`, shipped in the model folder as `detector.safetensors` + "
+        "(`rws_hub/detect/detector.py`, shipped in the model folder as `detector.safetensors` + "
         '`config["detector"]`) predicts, per image, probabilities over `clean` and the 19 '
         "corruptions, and a rule turns them into a mix. The answer reports both: "
         '`"mix"` (what was applied) and `"detected"` (the top 3 classes with probabilities).',

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from rws_hub.corruptions import ALL_CORRUPTIONS, corrupt
-from rws_hub.data import load_images
+from rws_hub.datasets.arrays import load_images
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, corrupt
 
 # test-set indices of the images shown (cycled over the rows)
 DEFAULT_INDICES = (3, 7, 12, 25, 31, 47)

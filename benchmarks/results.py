@@ -15,7 +15,7 @@ then regenerates the report from all JSONs present (``doc`` only regenerates)::
     .venv/bin/python benchmarks/results.py doc
 
 Accuracies are measured on the first ``--limit`` test images (default 1000), corrupted at the
-zoo's severity with the same seeded generators as ``rws_hub.evaluation.accuracy`` (so the numbers
+zoo's severity with the same seeded generators as ``rws_hub.zoo.evaluation.accuracy`` (so the numbers
 equal what ``rws eval`` reports on that subset); the corrupted images are made once per run and
 reused. Sections of the report this script does not own (e.g. ``## Auto-patch: ...`` or text
 between ``<!-- auto-patch -->`` and ``<!-- /auto-patch -->``) are kept when it is regenerated.
@@ -46,14 +46,14 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rws_hub.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS, corrupt  # noqa: E402
-from rws_hub.data import ImageArrays, load_images  # noqa: E402
-from rws_hub.extraction import extract  # noqa: E402
-from rws_hub.layers import conv_layers, shallow_params  # noqa: E402
-from rws_hub.patching import apply, patch, remove  # noqa: E402
-from rws_hub.seeding import seeded_generator  # noqa: E402
-from rws_hub.signature import Signature, cosine  # noqa: E402
-from rws_hub.zoo import ZooSpec, load_state_model  # noqa: E402
+from rws_hub.core.extraction import extract  # noqa: E402
+from rws_hub.core.layers import conv_layers, shallow_params  # noqa: E402
+from rws_hub.core.patching import apply, patch, remove  # noqa: E402
+from rws_hub.core.seeding import seeded_generator  # noqa: E402
+from rws_hub.core.signature import Signature, cosine  # noqa: E402
+from rws_hub.datasets.arrays import ImageArrays, load_images  # noqa: E402
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS, corrupt  # noqa: E402
+from rws_hub.zoo.pipeline import ZooSpec, load_state_model  # noqa: E402
 
 SECTIONS: dict[str, str] = {
     "main": "1. Main table: standard, robust and patched models",
@@ -66,7 +66,7 @@ SECTIONS: dict[str, str] = {
     "transfer": "8. Transferable: signatures on an updated backbone",
 }
 DEFAULT_SWEEP = ("gaussian_noise", "contrast", "fog", "pixelate", "jpeg_compression", "motion_blur")
-BATCH = 500  # the batch size (and seeding unit) of rws_hub.evaluation.accuracy
+BATCH = 500  # the batch size (and seeding unit) of rws_hub.zoo.evaluation.accuracy
 DEFAULTS = {
     "work": "runs/zoo/cifar10-vgg16",
     "folder": "model-store/cifar10-vgg16",
@@ -122,7 +122,7 @@ def load_spec(work: str | Path, folder: str | Path, data: str | None = None) -> 
 @torch.no_grad()
 def fast_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy in percent on float images already in [0, 1] (batches as
-    ``rws_hub.evaluation.accuracy`` runs them, so the results are the same)."""
+    ``rws_hub.zoo.evaluation.accuracy`` runs them, so the results are the same)."""
     model.eval()
     correct = 0
     for start in range(0, len(y), BATCH):
@@ -1099,8 +1099,8 @@ def render_quant(r: dict[str, Any]) -> str:
 
 
 def updated_backbone(z: Zoo, epochs: float, lr: float) -> Path:
-    """θ_std fine-tuned further on clean data (rws_hub.training; resumable, cached)."""
-    from rws_hub.training import TrainConfig, train
+    """θ_std fine-tuned further on clean data (rws_hub.zoo.training; resumable, cached)."""
+    from rws_hub.zoo.training import TrainConfig, train
 
     cfg = TrainConfig(
         stage="clean",

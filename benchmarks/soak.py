@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rws_hub import serving
-from rws_hub.engine import Engine
+from rws_hub.inference.engine import Engine
+from rws_hub.launch import torchserve as serving
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "tests") not in sys.path:  # the server tests' helpers (tiny folder, client side)

@@ -2,7 +2,7 @@
 
 A Gradio page over one of two backends that answer the same questions:
 
-* :class:`LocalBackend`: the serving engine (:class:`rws_hub.engine.Engine`) in this process, on
+* :class:`LocalBackend`: the serving engine (:class:`rws_hub.inference.engine.Engine`) in this process, on
   a model folder (default: the embedded ``model-store/cifar10-vgg16``);
 * :class:`RestBackend`: a running ``rws serve`` (TorchServe), over its REST API, so the page
   shows the whole stack at work.
@@ -41,10 +41,10 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from rws_hub.corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
+from rws_hub.core.mix import Mix, format_alpha  # noqa: E402
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
 from rws_hub.errors import RequestError, RWSError  # noqa: E402
-from rws_hub.mix import Mix, format_alpha  # noqa: E402
-from rws_hub.requests import RequestLimits, RequestParser, decode_image  # noqa: E402
+from rws_hub.inference.parsing import RequestLimits, RequestParser, decode_image  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -140,7 +140,7 @@ class LocalBackend:
     """The engine in this process.
 
     Args:
-        engine: a :class:`rws_hub.engine.Engine`.
+        engine: a :class:`rws_hub.inference.engine.Engine`.
     """
 
     def __init__(self, engine: Any) -> None:
@@ -161,7 +161,7 @@ class LocalBackend:
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | None = None) -> LocalBackend:
         """An engine on the model folder ``folder``."""
-        from rws_hub.engine import Engine
+        from rws_hub.inference.engine import Engine
 
         return cls(Engine.from_folder(folder, device=device))
 
@@ -303,7 +303,7 @@ class RestBackend:
                 described = meta
         config: dict[str, Any] = {}
         if folder is not None:
-            from rws_hub.folder import ModelFolder
+            from rws_hub.io.folder import ModelFolder
 
             config = ModelFolder.read_config(folder)
         if not described and not config:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rws_hub.corruptions import corrupt
-from rws_hub.models import CIFAR10_CLASSES
+from rws_hub.archs.models import CIFAR10_CLASSES
+from rws_hub.datasets.corruptions import corrupt
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -66,7 +66,7 @@ def make_examples(data: Path, out: Path, model: Path | None = None) -> list[Path
     y = arrays["y"]
     engine = None
     if model is not None:
-        from rws_hub.engine import Engine
+        from rws_hub.inference.engine import Engine
 
         engine = Engine.from_folder(model, device="cpu")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""TorchServe handler for rws-hub: a thin adapter over :class:`rws_hub.engine.Engine`.
+"""TorchServe handler for rws-hub: a thin adapter over :class:`rws_hub.inference.engine.Engine`.
 
-Per batch: every row is parsed with :mod:`rws_hub.requests` (a bad row gets its own 4xx status
+Per batch: every row is parsed with :mod:`rws_hub.inference.parsing` (a bad row gets its own 4xx status
 and a JSON error body; the other rows are still answered), then ONE ``engine.classify`` call runs
 the valid rows, each with its own mix. Answers are JSON::
 
@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from rws_hub.engine import Engine
 from rws_hub.errors import RequestError
-from rws_hub.requests import InferenceRequest, RequestLimits, RequestParser
+from rws_hub.inference.engine import Engine
+from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser
 
 logger = logging.getLogger(__name__)
 

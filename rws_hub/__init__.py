@@ -11,6 +11,13 @@ Corruption robustness delivered as tiny weight patches on the first K conv layer
 
 from __future__ import annotations
 
+from rws_hub.core.extraction import extract, project
+from rws_hub.core.layers import conv_layers, shallow_params
+from rws_hub.core.lineage import fingerprint
+from rws_hub.core.mix import Mix
+from rws_hub.core.patching import active_mix, apply, patch, patched_tensors, remove, resolve_mix
+from rws_hub.core.quantization import QuantizedTensor, quantize_tensor
+from rws_hub.core.signature import Signature, cosine
 from rws_hub.errors import (
     ArtifactError,
     InvalidMixError,
@@ -18,14 +25,7 @@ from rws_hub.errors import (
     RWSError,
     SignatureMismatchError,
 )
-from rws_hub.extraction import extract, project
-from rws_hub.layers import conv_layers, shallow_params
-from rws_hub.lineage import fingerprint
-from rws_hub.mix import Mix
-from rws_hub.patching import active_mix, apply, patch, patched_tensors, remove, resolve_mix
-from rws_hub.quantization import QuantizedTensor, quantize_tensor
-from rws_hub.serialization import load_state_dict, read_header, save_state_dict
-from rws_hub.signature import Signature, cosine
+from rws_hub.io.files import load_state_dict, read_header, save_state_dict
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ EPILOG = """examples:
   # two corruptions, severity 5 only, the first 1,000 images
   rws corrupt --data test.npz --corruptions fog,snow --severities 5 --limit 1000 -o runs/c5
   # read one block back
-  python -c "from rws_hub.data import load_images; \\
+  python -c "from rws_hub.datasets.arrays import load_images; \\
       d = load_images('runs/cifar10-c', corruption='fog', severity=5)"
 """
 
@@ -39,8 +39,8 @@ def parse_severities(text: str) -> tuple[int, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rws_hub.corruptions import resolve_corruptions
-    from rws_hub.data import load_images, save_corrupted_arrays
+    from rws_hub.datasets.arrays import load_images, save_corrupted_arrays
+    from rws_hub.datasets.corruptions import resolve_corruptions
 
     names = resolve_corruptions(args.corruptions)
     sevs = parse_severities(args.severities)
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="data set (see rws_hub.data.load_images)")
+    p.add_argument("--data", required=True, help="data set (see rws_hub.datasets.arrays.load_images)")
     p.add_argument("--split", default="test", help="train or test (default: test)")
     p.add_argument(
         "--corruptions",

@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
 
 def _load_demo_app() -> Any:
     """``demo/app.py`` of the checkout this package lives in, as a module."""
-    from rws_hub.stack import DEMO_APP
+    from rws_hub.launch.stack import DEMO_APP
 
     if not DEMO_APP.is_file():
         raise FileNotFoundError(f"{DEMO_APP}: the demo ships with the repository checkout")
@@ -93,7 +93,7 @@ def _load_demo_app() -> Any:
 
 def run_demo(args: argparse.Namespace) -> int:
     if args.server is None:  # fail fast, before importing Gradio
-        from rws_hub.stack import default_folder
+        from rws_hub.launch.stack import default_folder
 
         folder = Path(args.model) if args.model else default_folder()
         if not (folder / "config.json").is_file():
@@ -114,8 +114,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from rws_hub import serving
-    from rws_hub.stack import StackError, StackOptions, default_folder, start_stack, stop_stack
+    from rws_hub.launch import torchserve as serving
+    from rws_hub.launch.stack import (
+        StackError,
+        StackOptions,
+        default_folder,
+        start_stack,
+        stop_stack,
+    )
 
     if args.stop:
         if stop_stack(args.run_dir):

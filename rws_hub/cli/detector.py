@@ -33,12 +33,12 @@ EPILOG_EVAL = """examples:
 
 def _backbone(args: argparse.Namespace) -> Any:
     if args.backbone:
-        from rws_hub.zoo import ZooSpec, load_state_model
+        from rws_hub.zoo.pipeline import ZooSpec, load_state_model
 
         return load_state_model(ZooSpec(), args.backbone)
     if not args.folder:
         raise ValueError("give --folder (a model folder) or --backbone (a zoo state file)")
-    from rws_hub.folder import ModelFolder
+    from rws_hub.io.folder import ModelFolder
 
     return ModelFolder.load(args.folder, signatures=None).model
 
@@ -46,7 +46,7 @@ def _backbone(args: argparse.Namespace) -> Any:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from rws_hub.detector import (
+    from rws_hub.detect.detector import (
         DetectorTrainConfig,
         measure_cost,
         save_detector,
@@ -82,8 +82,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _install(folder: str | None, directory: str) -> None:
-    from rws_hub.detector import load_detector
-    from rws_hub.folder import add_detector
+    from rws_hub.detect.detector import load_detector
+    from rws_hub.io.folder import add_detector
 
     if not folder:
         raise ValueError("--install needs --folder")
@@ -95,9 +95,9 @@ def _install(folder: str | None, directory: str) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from rws_hub.corruptions import ALL_CORRUPTIONS
-    from rws_hub.data import load_images
-    from rws_hub.detector import (
+    from rws_hub.datasets.arrays import load_images
+    from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
+    from rws_hub.detect.detector import (
         CANDIDATE_RULES,
         AutoRule,
         choose_rule,
@@ -107,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
         save_detector,
         summarize,
     )
-    from rws_hub.engine import Engine
+    from rws_hub.inference.engine import Engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--folder", help="model folder whose backbone's conv1 the detector reuses")
     t.add_argument("--backbone", help="or: a zoo state file (safetensors) of the backbone")
-    t.add_argument("--data", default="../shared/data/cifar10", help="training data (rws_hub.data)")
+    t.add_argument("--data", default="../shared/data/cifar10", help="training data (rws_hub.datasets.arrays)")
     t.add_argument("--out", required=True, help="output / cache folder")
     t.add_argument("--images", type=int, help="training samples (default 40000)")
     t.add_argument("--heldout", type=int, help="held-out validation samples (default 2000)")

@@ -16,10 +16,10 @@ EPILOG = """examples:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rws_hub.corruptions import resolve_corruptions
-    from rws_hub.data import load_images
-    from rws_hub.evaluation import OWN, evaluate, save_report
-    from rws_hub.folder import ModelFolder
+    from rws_hub.datasets.arrays import load_images
+    from rws_hub.datasets.corruptions import resolve_corruptions
+    from rws_hub.io.folder import ModelFolder
+    from rws_hub.zoo.evaluation import OWN, evaluate, save_report
 
     # parsed (and checked) before anything is loaded
     corruptions = resolve_corruptions(args.corruptions) if args.corruptions else ()
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="model folder (e.g. model-store/cifar10-vgg16)")
-    p.add_argument("--data", default="../shared/data/cifar10", help="data set (rws_hub.data)")
+    p.add_argument("--data", default="../shared/data/cifar10", help="data set (rws_hub.datasets.arrays)")
     p.add_argument("--split", default="test")
     p.add_argument(
         "--corruptions", help="all | standard | extra | comma list (default: clean only)"

@@ -7,7 +7,7 @@ import json
 
 
 def _push(args: argparse.Namespace) -> int:
-    from rws_hub.hub import push_to_hub
+    from rws_hub.io.hub import push_to_hub
 
     url = push_to_hub(
         args.folder,
@@ -22,8 +22,8 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from rws_hub.folder import ModelFolder
-    from rws_hub.hub import pull
+    from rws_hub.io.folder import ModelFolder
+    from rws_hub.io.hub import pull
 
     signatures = "all" if args.signatures is None else [s for s in args.signatures.split(",") if s]
     path = pull(
@@ -46,7 +46,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from rws_hub.folder import ModelFolder, verify_folder
+    from rws_hub.io.folder import ModelFolder, verify_folder
 
     problems = verify_folder(args.folder)
     for rel, reason in sorted(problems.items()):

@@ -1,4 +1,4 @@
-"""``rws serve``: serve a model folder with TorchServe (see :mod:`rws_hub.serving`)."""
+"""``rws serve``: serve a model folder with TorchServe (see :mod:`rws_hub.launch.torchserve`)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rws_hub import serving
+    from rws_hub.launch import torchserve as serving
 
     if args.stop:
         if serving.stop(args.run_dir):

@@ -68,7 +68,7 @@ examples:
 
 # -- extract ------------------------------------------------------------------------------
 def _extract(args: argparse.Namespace) -> int:
-    from rws_hub.extraction import extract
+    from rws_hub.core.extraction import extract
 
     if not _NAME.match(args.name):
         raise ValueError(f"--name {args.name!r}: use a lower-case identifier such as 'fog'")
@@ -98,7 +98,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 # -- quantize -----------------------------------------------------------------------------
 def _quantize_cmd(args: argparse.Namespace) -> int:
-    from rws_hub.signature import Signature, _fmt_bytes
+    from rws_hub.core.signature import Signature, _fmt_bytes
 
     sig = Signature.load(args.input)
     before = sig.nbytes
@@ -141,8 +141,8 @@ def _tensor_rows(head: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from rws_hub.serialization import _read_raw_header, read_header
-    from rws_hub.signature import _fmt_bytes
+    from rws_hub.core.signature import _fmt_bytes
+    from rws_hub.io.files import _read_raw_header, read_header
 
     head = read_header(args.file)
     meta = head["metadata"]
@@ -225,9 +225,9 @@ def _split_alpha(spec: str) -> tuple[str, float | None]:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from rws_hub.patching import patched_tensors
-    from rws_hub.serialization import _read_raw_header, load_state_dict, save_state_dict
-    from rws_hub.signature import Signature
+    from rws_hub.core.patching import patched_tensors
+    from rws_hub.core.signature import Signature
+    from rws_hub.io.files import _read_raw_header, load_state_dict, save_state_dict
 
     mix: dict[Any, float] = {}
     applied = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from rws_hub.training import TrainConfig, train
+from rws_hub.zoo.training import TrainConfig, train
 
 EPILOG = """examples:
   # θ_pre: half-width VGG-16 from scratch on CIFAR-10, one-cycle SGD
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", choices=("pretrain", "clean", "robust"), default=d.stage)
-    p.add_argument("--data", default=d.data, help="data set (see rws_hub.data.load_images)")
+    p.add_argument("--data", default=d.data, help="data set (see rws_hub.datasets.arrays.load_images)")
     p.add_argument("--out", default=d.out, help="run folder")
     p.add_argument("--architecture", default=d.architecture)
     p.add_argument("--width", type=float, default=d.width, help="channel width multiplier")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from rws_hub.zoo import STEPS, ZooBuilder, ZooSpec
+from rws_hub.zoo.pipeline import STEPS, ZooBuilder, ZooSpec
 
 EPILOG = """The embedded default model-store/cifar10-vgg16 is rebuilt with:
   rws zoo build --jobs 2

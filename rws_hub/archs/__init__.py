@@ -1,0 +1,1 @@
+"""Architectures: a registry of model builders and the builders themselves."""

@@ -1,0 +1,1 @@
+"""The corruption detector behind "auto"."""

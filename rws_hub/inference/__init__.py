@@ -1,0 +1,1 @@
+"""Serving without a framework: the engine and request parsing."""

@@ -1,0 +1,848 @@
+"""The serving engine: one backbone and its signatures, every image with its own mix.
+
+:class:`Engine` answers ``predict(images, mixes)`` where each image names the signatures (and
+strengths) it wants. The shared weights are never written to, so one engine serves many threads
+at once:
+
+* the engine keeps its own copy of the model in which every Conv2d/Linear that some loaded
+  signature patches becomes a *routing* layer (same parameters and names, a forward that knows
+  about groups of rows); every other layer is unchanged;
+* a ``predict`` call groups the images by mix (rows of a group made contiguous), fetches each
+  group's patched weights (``base + sum(alpha * delta)``, the sum of
+  :func:`rws_hub.core.patching.patched_tensors`) from an LRU cache bounded in bytes, and publishes that
+  plan in a *thread-local* slot;
+* a routing layer runs its conv once per group on that group's rows with the group's weights
+  (clean rows use the base weights); the unpatched deep layers run once for the whole batch.
+
+The results equal running each image alone through a model patched in place with
+:func:`rws_hub.core.patching.patch`, within float tolerance. This module imports no serving framework.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rws_hub.core.mix import Mix
+from rws_hub.errors import RequestError, SignatureMismatchError
+
+if TYPE_CHECKING:
+    from rws_hub.core.signature import Signature
+    from rws_hub.io.folder import ModelFolder
+
+__all__ = ["AUTO", "Detector", "Engine", "MixLike", "default_device"]
+
+AUTO: Literal["auto"] = "auto"
+"""The mix value that asks the corruption detector to choose the signatures."""
+
+MixLike = Mix | Mapping[str, float] | Sequence[str] | str | None
+"""What ``predict`` accepts per image: a Mix, a dict, a list of names, ``"a:1,b:0.5"``,
+``None`` (clean) or ``"auto"``."""
+
+Detector = Callable[[torch.Tensor], Sequence[MixLike]]
+"""The hook for ``"auto"``: images (N, 3, H, W) in [0, 1] -> one mix per image."""
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# routing
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one forward pass routes its rows: contiguous group slices and their weights.
+
+    ``weights[g][slot]`` is ``(weight, bias)`` for routed layer ``slot`` in group ``g``, or
+    ``None`` where the group uses the layer's base weights.
+    """
+
+    bounds: tuple[tuple[int, int], ...]
+    weights: tuple[tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...], ...]
+
+
+class _RouteState(threading.local):
+    """The per-thread routing slot of one engine (``plan``); copies start empty."""
+
+    plan: _Plan | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _RouteState:
+        return _RouteState()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_RouteState, ())
+
+
+class _Routing:
+    """Mixin for Conv2d/Linear: with a plan set on this thread, run the layer once per group
+    of rows with that group's weights. The layer keeps its own parameters and names; the
+    engine turns a module into a routed one by switching its class."""
+
+    _rws_slot: int
+    _rws_state: _RouteState
+
+    def _patched_forward(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self._rws_state.plan
+        if plan is None:
+            return super().forward(x)  # type: ignore[misc]
+        single = len(plan.bounds) == 1
+        outs = []
+        for (start, stop), group in zip(plan.bounds, plan.weights, strict=True):
+            rows = x if single else x[start:stop]
+            patched = group[self._rws_slot]
+            if patched is None:
+                outs.append(super().forward(rows))  # type: ignore[misc]
+            else:
+                outs.append(self._patched_forward(rows, patched[0], patched[1]))
+        return outs[0] if single else torch.cat(outs)
+
+
+class _RoutedConv2d(_Routing, nn.Conv2d):
+    def _patched_forward(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self._conv_forward(x, w, b)
+
+
+class _RoutedLinear(_Routing, nn.Linear):
+    def _patched_forward(
+        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+
+def _route(module: nn.Module, slot: int, state: _RouteState) -> None:
+    """Make ``module`` (a Conv2d or Linear, or an already routed one) a routed layer."""
+    if type(module) in (nn.Conv2d, _RoutedConv2d):
+        module.__class__ = _RoutedConv2d
+    elif type(module) in (nn.Linear, _RoutedLinear):
+        module.__class__ = _RoutedLinear
+    else:
+        raise SignatureMismatchError(
+            f"cannot route a {type(module).__name__}; the engine routes plain Conv2d and "
+            "Linear layers"
+        )
+    module._rws_slot = slot
+    module._rws_state = state
+
+
+# --------------------------------------------------------------------------------------------
+# weight cache
+
+
+class _WeightCache:
+    """LRU of per-mix patched weights, bounded in bytes, admitting a mix on its second miss;
+    thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[Mix, tuple[Any, int]] = OrderedDict()
+        self._seen: OrderedDict[Mix, None] = OrderedDict()  # keys missed once (bounded)
+        self.doorkeeper = 4096
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Mix) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: Mix, value: Any, nbytes: int) -> None:
+        """Keep ``value`` for ``key`` if the key was seen before (a one-off mix, e.g. a random
+        alpha, never displaces the popular ones), evicting least recently used entries."""
+        if nbytes > self.max_bytes:
+            return  # would evict everything and still not fit
+        with self._lock:
+            if key in self._entries:
+                return
+            if key not in self._seen:
+                self._seen[key] = None
+                if len(self._seen) > self.doorkeeper:
+                    self._seen.popitem(last=False)
+                return
+            del self._seen[key]
+            self._entries[key] = (value, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes:
+                _, (_, freed) = self._entries.popitem(last=False)
+                self._bytes -= freed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._seen.clear()
+            self._bytes = 0
+
+    def info(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "entries": len(self._entries),
+                "bytes": self._bytes,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
+
+
+# --------------------------------------------------------------------------------------------
+# the engine
+
+
+class _Codes:
+    """A linearly quantized delta held as int8 codes in its base's layout (int4 unpacked) plus
+    fp32 per-group scale and offset; :meth:`dequantize` repeats
+    :meth:`~rws_hub.core.quantization.QuantizedTensor.dequantize`'s float operations exactly."""
+
+    __slots__ = ("codes", "scale", "offset", "half", "bits", "granularity")
+
+    def __init__(self, q: Any, like: torch.Tensor) -> None:
+        self.codes = torch.empty_like(like, dtype=torch.int8).copy_(q.int_codes())
+        groups = q.scale.numel()
+        view = (groups,) + (1,) * (like.dim() - 1) if groups > 1 else ()
+        self.scale = q.scale.to(like.device, torch.float32).reshape(view)
+        self.offset = q.offset.to(like.device, torch.float32).reshape(view)
+        self.half = 2 ** (q.bits - 1)
+        self.bits = q.bits
+        self.granularity = q.granularity
+
+    def numel(self) -> int:
+        return self.codes.numel()
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.codes, self.scale, self.offset)
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 delta, laid out like the base."""
+        return self.codes.to(torch.float32).add_(self.half).mul_(self.scale).add_(self.offset)
+
+    def quantized(self) -> Any:
+        """The :class:`~rws_hub.core.quantization.QuantizedTensor` these codes came from (CPU)."""
+        from rws_hub.core.quantization import QuantizedTensor, pack_int4
+
+        codes = self.codes.cpu().contiguous()
+        shape = tuple(codes.shape)
+        stored = pack_int4(codes) if self.bits == 4 else codes
+        return QuantizedTensor(
+            stored,
+            self.scale.cpu().reshape(-1).clone(),
+            self.offset.cpu().reshape(-1).clone(),
+            shape,
+            self.bits,
+            "linear",
+            self.granularity,
+        )
+
+
+def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+class Engine:
+    """One backbone plus its loaded signatures on one device; per-image mixes in one batch.
+
+    Args:
+        model: the clean backbone (theta_std). It takes float images in [0, 1] and must be a
+            feed-forward network whose patched layers see the batch along dim 0 (true for the
+            zoo's models). The engine works on its own copy (``copy=False`` adopts ``model``;
+            the engine then only ever reads its tensors).
+        signatures: the signatures to serve, ``{name: Signature}`` or a sequence.
+        classes: class names in index order (default ``"0"``, ``"1"``, ...).
+        device: where to run (default: CUDA when available, else CPU).
+        dtype: compute precision (default float32). ``torch.float16`` / ``torch.bfloat16`` are
+            meant for GPUs; patched weights are always built in float32, then cast.
+        cache_bytes: bound of the LRU cache of per-mix patched weights.
+        max_alpha: largest ``|alpha|`` a mix may use (``None``: no bound).
+        allow_negative: accept negative alphas (taking a signature off a patched base).
+        detector: the hook behind the ``"auto"`` mix (see :data:`Detector`).
+        input_size: the (H, W) the model expects; informs request parsing.
+        name: a display name (e.g. the model folder's).
+        copy: copy ``model`` (default) or adopt it.
+        channels_last: run convolutions in the channels-last memory format (faster for conv
+            nets on CPUs and GPUs alike; results equal within float rounding).
+        resident: how the deltas are held. ``"float"`` (default): fp32, the fastest weight
+            builds. ``"codes"``: linearly quantized signatures (int8, or int4 unpacked to one
+            byte) keep their integer codes and per-group scale/offset and are dequantized while
+            a mix's weights are built — about a quarter of the memory, identical results (the
+            same float operations as :meth:`Signature.dequantize`); other signatures stay fp32.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        signatures: Mapping[str, Signature] | Sequence[Signature] = (),
+        *,
+        classes: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        cache_bytes: int = 256 << 20,
+        max_alpha: float | None = None,
+        allow_negative: bool = False,
+        detector: Detector | None = None,
+        input_size: tuple[int, int] = (32, 32),
+        name: str = "model",
+        copy: bool = True,
+        channels_last: bool = True,
+        resident: Literal["float", "codes"] = "float",
+    ) -> None:
+        if resident not in ("float", "codes"):
+            raise ValueError(f"resident must be 'float' or 'codes', not {resident!r}")
+        self.resident = resident
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or torch.float32
+        if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, not {self.dtype}")
+        if self.dtype == torch.float16 and self.device.type == "cpu":
+            raise ValueError("float16 is for GPUs; use float32 or bfloat16 on the CPU")
+        self.name = name
+        self.max_alpha = max_alpha
+        self.allow_negative = allow_negative
+        self.detector = detector
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.refused: dict[str, str] = {}
+        self.config: dict[str, Any] = {}
+
+        sigs = (
+            dict(signatures) if isinstance(signatures, Mapping) else {s.name: s for s in signatures}
+        )
+        self._defaults = {n: float(getattr(s, "default_alpha", 1.0)) for n, s in sigs.items()}
+
+        model = _copy_model(model) if copy else model
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.channels_last = bool(channels_last) and any(
+            isinstance(m, nn.Conv2d) for m in model.modules()
+        )
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        state = dict(model.state_dict(keep_vars=True))
+
+        out = _output_features(model)
+        self.classes: list[str] = (
+            list(classes) if classes is not None else [str(i) for i in range(out or 0)]
+        )
+
+        # Which modules do the signatures touch? Each gets a routing slot.
+        touched: set[str] = set()
+        for sig in sigs.values():
+            for tname, delta in sig.tensors.items():
+                if tname not in state:
+                    raise SignatureMismatchError(
+                        f"signature {sig.name!r} patches {tname!r}, which the model does not have"
+                    )
+                if tuple(delta.shape) != tuple(state[tname].shape):
+                    raise SignatureMismatchError(
+                        f"signature {sig.name!r}: {tname} has shape {tuple(delta.shape)}, "
+                        f"the model's is {tuple(state[tname].shape)}"
+                    )
+                touched.add(tname)
+        modules = dict(model.named_modules())
+        for tname in touched:
+            mname, _, attr = tname.rpartition(".")
+            module = modules.get(mname)
+            if not isinstance(module, (nn.Conv2d, nn.Linear)) or attr not in ("weight", "bias"):
+                raise SignatureMismatchError(
+                    f"signatures patch {tname!r}; the engine routes the weight and bias of "
+                    "Conv2d and Linear layers only"
+                )
+        # module name per slot, forward (definition) order
+        self._slots: list[str] = [m for m in modules if {f"{m}.weight", f"{m}.bias"} & touched]
+        self._state = _RouteState()
+        for slot, mname in enumerate(self._slots):
+            _route(modules[mname], slot, self._state)
+
+        # Float32 bases of the patched tensors (the module's own tensors when float32) and the
+        # deltas, on the engine's device.
+        self._base: dict[str, torch.Tensor] = {
+            t: state[t].detach().to(torch.float32) for t in sorted(touched)
+        }
+        # Deltas laid out like their base (e.g. channels-last) so the in-place sums stream; the
+        # engine holds these and each signature's metadata, not the caller's float tensors.
+        self._deltas: dict[str, dict[str, torch.Tensor | _Codes]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        for n in list(sigs):
+            self._deltas[n], self._meta[n] = self._hold(sigs.pop(n), resident)
+        del signatures
+        self._cache = _WeightCache(cache_bytes)
+
+    def _hold(
+        self, sig: Signature, resident: str
+    ) -> tuple[dict[str, torch.Tensor | _Codes], dict[str, Any]]:
+        """One signature's deltas as the engine keeps them (see ``resident``), and its metadata."""
+        codes = sig.codes if resident == "codes" else None
+        held: dict[str, torch.Tensor | _Codes] = {}
+        for t, d in sig.tensors.items():
+            q = codes.get(t) if codes else None
+            if q is not None and q.scheme == "linear":
+                held[t] = _Codes(q, self._base[t])
+            else:
+                held[t] = torch.empty_like(self._base[t]).copy_(d)
+        return held, sig._meta()
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path | ModelFolder,
+        *,
+        device: str | torch.device | None = None,
+        signatures: Any = "all",
+        **kwargs: Any,
+    ) -> Engine:
+        """An engine for a model folder (a path, or a loaded :class:`ModelFolder`).
+
+        ``signatures`` selects what to load (see ``ModelFolder.load``); other keyword
+        arguments go to :class:`Engine`. The folder's ``refused`` files are kept in
+        :attr:`refused`. A folder that ships a corruption detector (``detector.safetensors``
+        + ``config["detector"]``) gets it as the ``"auto"`` hook unless ``detector=`` is given;
+        a damaged one is left out and recorded in :attr:`refused`.
+        """
+        from rws_hub.io.folder import ModelFolder
+
+        dev = torch.device(device) if device is not None else default_device()
+        if not isinstance(folder, ModelFolder):
+            folder = ModelFolder.load(folder, device=dev, signatures=signatures)
+        config = folder.config
+        size = config.get("input_size", [3, 32, 32])
+        kwargs.setdefault("classes", list(config["classes"]))
+        kwargs.setdefault("input_size", (int(size[-2]), int(size[-1])))
+        kwargs.setdefault("name", folder.path.name if folder.path else "model")
+        if "detector" not in kwargs and folder.has_detector():
+            from rws_hub.detect.detector import auto_patcher_from_folder
+            from rws_hub.errors import RWSError
+
+            try:
+                kwargs["detector"] = auto_patcher_from_folder(folder, device=dev)
+            except RWSError as exc:  # a damaged detector: serve without "auto", say why
+                folder.refused["detector.safetensors"] = str(exc)
+        engine = cls(folder.model, folder.signatures, device=dev, copy=False, **kwargs)
+        engine.refused = dict(folder.refused)
+        engine.config = dict(config)
+        return engine
+
+    # -- information ----------------------------------------------------------------------
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """The loaded signatures by name, as the engine holds them (on its device; with
+        ``resident="codes"`` rebuilt from the codes on each access)."""
+        from rws_hub.core.signature import Signature
+
+        out = {}
+        for name, held in self._deltas.items():
+            tensors = {t: d.dequantize() if isinstance(d, _Codes) else d for t, d in held.items()}
+            codes = {t: d.quantized() for t, d in held.items() if isinstance(d, _Codes)}
+            full = len(codes) == len(held) and bool(codes)
+            meta = dict(self._meta[name])
+            if not full and codes:
+                meta["quantization"] = None
+            out[name] = Signature(name, tensors, codes=codes if full else None, **meta)
+        return out
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Default alpha of each loaded signature (used for mixes given as lists of names)."""
+        return dict(self._defaults)
+
+    @property
+    def patched_layers(self) -> list[str]:
+        """Names of the routed (patchable) modules, forward order."""
+        return list(self._slots)
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata of the engine and every signature (for ``?customized=true`` and UIs)."""
+        sigs = []
+        for name, held in self._deltas.items():
+            entry: dict[str, Any] = {
+                "name": name,
+                "default_alpha": self._defaults[name],
+                "tensors": sorted(held),
+                "parameters": int(sum(d.numel() for d in held.values())),
+            }
+            for key in ("kind", "layers", "architecture", "lineage", "quantization", "provenance"):
+                value = self._meta[name].get(key)
+                if value is not None:
+                    entry[key] = _jsonable(value)
+            sigs.append(entry)
+        return {
+            "model": self.name,
+            "classes": list(self.classes),
+            "input_size": list(self.input_size),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_alpha": self.max_alpha,
+            "allow_negative": self.allow_negative,
+            "auto": self.detector is not None,
+            "resident": self.resident,
+            "patched_layers": self.patched_layers,
+            "signatures": sigs,
+            "refused": dict(self.refused),
+        }
+
+    def cache_info(self) -> dict[str, int]:
+        """Entries, bytes, bound, hits and misses of the patched-weight cache."""
+        return self._cache.info()
+
+    def clear_cache(self) -> None:
+        """Drop every cached patched weight."""
+        self._cache.clear()
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes the engine holds: ``backbone`` (parameters and buffers), ``signatures`` (the
+        deltas), ``bases`` (float32 copies of patched tensors, only when dtype is reduced),
+        ``cache`` (patched weights) and ``total``."""
+        backbone = list(self.model.parameters()) + list(self.model.buffers())
+        bb = _tensor_bytes(backbone)
+        own = {t.untyped_storage().data_ptr() for t in backbone}
+        bases = [t for t in self._base.values() if t.untyped_storage().data_ptr() not in own]
+        deltas = [
+            t
+            for held in self._deltas.values()
+            for d in held.values()
+            for t in (d.tensors() if isinstance(d, _Codes) else (d,))
+        ]
+        out = {
+            "backbone": bb,
+            "signatures": _tensor_bytes(deltas),
+            "bases": _tensor_bytes(bases) if bases else 0,
+            "cache": self._cache.info()["bytes"],
+        }
+        out["total"] = sum(out.values())
+        return out
+
+    # -- mixes ----------------------------------------------------------------------------
+
+    def parse_mix(self, obj: MixLike) -> Mix | Literal["auto"]:
+        """Validate one mix against the loaded signatures and limits.
+
+        Returns a :class:`Mix` (zero alphas dropped), or ``"auto"``. Raises
+        :class:`InvalidMixError` naming the problem (unknown names list the known ones).
+        """
+        if _is_auto(obj):
+            return AUTO
+        return Mix.parse(
+            obj,
+            known=self._deltas.keys(),
+            defaults=self._defaults,
+            max_alpha=self.max_alpha,
+            allow_negative=self.allow_negative,
+        ).without_zeros()
+
+    def _resolve(
+        self,
+        images: torch.Tensor,
+        mixes: Sequence[MixLike],
+        detected: list[Any] | None = None,
+    ) -> list[Mix]:
+        """Parse every mix; run the detector on the ``"auto"`` rows. A detector with a
+        ``detect`` method (``rws_hub.detect.detector.AutoPatcher``) also reports what it saw: row i's
+        ``detected[i]`` becomes its top classes and probabilities (when ``detected`` is given)."""
+        parsed = [self.parse_mix(m) for m in mixes]
+        auto = [i for i, m in enumerate(parsed) if m == AUTO]
+        if auto:
+            if self.detector is None:
+                raise RequestError(
+                    '"auto" needs a corruption detector, and this model has none loaded; '
+                    "name the signatures instead",
+                    400,
+                )
+            detect = getattr(self.detector, "detect", None)
+            if callable(detect):
+                found = detect(images[auto])
+                chosen = [d.mix for d in found]
+                if detected is not None:
+                    for i, d in zip(auto, found, strict=True):
+                        detected[i] = d.to_json()
+            else:
+                chosen = self.detector(images[auto])
+            if len(chosen) != len(auto):
+                raise RuntimeError("the detector returned a different number of mixes")
+            for i, m in zip(auto, chosen, strict=True):
+                resolved = self.parse_mix(m)
+                if not isinstance(resolved, Mix):
+                    raise RuntimeError("the detector answered 'auto'")
+                parsed[i] = resolved
+        return parsed  # type: ignore[return-value]
+
+    # -- weights --------------------------------------------------------------------------
+
+    def _build(self, mix: Mix) -> dict[str, torch.Tensor]:
+        """``base + sum(alpha * delta)`` in float32 for every tensor the mix touches.
+
+        Same sum as :func:`rws_hub.core.patching.patched_tensors` (equal within float rounding), but
+        one fused ``base + alpha * delta`` for the first signature and in-place axpys for the
+        others: less than half the memory traffic, which is what building weights for many
+        distinct mixes per batch costs.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for name, alpha in mix.items():
+            for tname, held in self._deltas[name].items():
+                delta = held.dequantize() if isinstance(held, _Codes) else held
+                acc = out.get(tname)
+                if acc is None:
+                    out[tname] = torch.add(self._base[tname], delta, alpha=alpha)
+                else:
+                    acc.add_(delta, alpha=alpha)
+        return out
+
+    def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...]:
+        """Per routed slot, the patched (weight, bias) of ``mix``, or None for base weights."""
+        cached = self._cache.get(mix)
+        if cached is not None:
+            return cached
+        patched = self._build(mix)
+        slots: list[tuple[torch.Tensor, torch.Tensor | None] | None] = []
+        nbytes = 0
+        for mname in self._slots:
+            wname, bname = f"{mname}.weight", f"{mname}.bias"
+            if wname not in patched and bname not in patched:
+                slots.append(None)
+                continue
+            module = self.model.get_submodule(mname)
+            w = patched.get(wname)
+            b = patched.get(bname)
+            w = module.weight if w is None else w.to(self.dtype)
+            b = module.bias if b is None else b.to(self.dtype)
+            slots.append((w, b))
+            nbytes += sum(
+                t.numel() * t.element_size()
+                for t, n in ((w, wname), (b, bname))
+                if t is not None and n in patched
+            )
+        value = tuple(slots)
+        self._cache.put(mix, value, nbytes)
+        return value
+
+    # -- inference ------------------------------------------------------------------------
+
+    def predict(
+        self, images: torch.Tensor, mixes: Sequence[MixLike] | MixLike = None
+    ) -> torch.Tensor:
+        """Logits (N, classes), float32, on the engine's device.
+
+        Args:
+            images: float (N, 3, H, W) in [0, 1] (any device; moved to the engine's).
+            mixes: one mix per image (see :data:`MixLike`), or a single mix for all of them.
+
+        Raises:
+            InvalidMixError: a mix is invalid (nothing ran).
+            RequestError: ``"auto"`` without a detector (status 400).
+            ValueError: ``images`` is not (N, C, H, W) or the counts differ.
+        """
+        x, mixes = self._inputs(images, mixes)
+        return self._logits(x, self._resolve(x, mixes))
+
+    def _inputs(
+        self, images: torch.Tensor, mixes: Sequence[MixLike] | MixLike
+    ) -> tuple[torch.Tensor, Sequence[MixLike]]:
+        """``images`` checked and moved to the engine's device, dtype and memory format, and
+        one mix per image."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
+        n = images.shape[0]
+        mixes = _per_image(mixes, n)
+        if len(mixes) != n:
+            raise ValueError(f"{n} images but {len(mixes)} mixes")
+        x = images.to(self.device, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, mixes
+
+    def _logits(self, x: torch.Tensor, resolved: Sequence[Mix]) -> torch.Tensor:
+        """Logits of ``x`` (from :meth:`_inputs`) under mixes already resolved by
+        :meth:`_resolve`, one per row; the one inference path behind every public call."""
+        n = x.shape[0]
+        if n == 0:
+            return torch.empty(0, len(self.classes), device=self.device)
+
+        # Group rows by mix; make every group contiguous (stable order).
+        group_of: dict[Mix, int] = {}
+        ids = [group_of.setdefault(m, len(group_of)) for m in resolved]
+        keys = list(group_of)
+        if len(keys) == 1 and keys[0].is_empty:
+            plan = None
+            perm = None
+        else:
+            order = sorted(range(n), key=ids.__getitem__)
+            counts = [0] * len(keys)
+            for g in ids:
+                counts[g] += 1
+            bounds, start = [], 0
+            for c in counts:
+                bounds.append((start, start + c))
+                start += c
+            weights = tuple(
+                tuple([None] * len(self._slots)) if k.is_empty else self._patched(k) for k in keys
+            )
+            plan = _Plan(tuple(bounds), weights)
+            perm = None if order == list(range(n)) else torch.tensor(order, device=self.device)
+            if perm is not None:
+                x = x.index_select(0, perm)
+
+        self._state.plan = plan
+        try:
+            with torch.inference_mode():
+                out = self.model(x)
+        finally:
+            self._state.plan = None
+        out = out.float()
+        if perm is not None:
+            unsorted = torch.empty_like(out)
+            unsorted[perm] = out
+            out = unsorted
+        return out
+
+    def classify(
+        self,
+        images: torch.Tensor,
+        mixes: Sequence[MixLike] | MixLike = None,
+        top_k: int | Sequence[int] = 5,
+    ) -> list[dict[str, Any]]:
+        """Top-k answers, one dict per image:
+        ``{"predictions": [{"class": name, "probability": p}, ...], "mix": {name: alpha}}``.
+
+        ``top_k`` is one int or one per image (each clipped to the number of classes). For
+        ``"auto"`` rows the mix is the one the detector chose and ``"auto": True`` is added,
+        with ``"detected": [{"class": name, "probability": p}, ...]`` (the detector's top
+        classes, ``"clean"`` included) when the detector reports them.
+        """
+        n = images.shape[0]
+        mixes = _per_image(mixes, n)
+        ks = [int(top_k)] * n if isinstance(top_k, int) else [int(k) for k in top_k]
+        if len(ks) != n:
+            raise ValueError(f"{n} images but {len(ks)} top_k values")
+        detected: list[Any] = [None] * n
+        resolved = self._resolve(images, mixes, detected)
+        x, _ = self._inputs(images, resolved)
+        logits = self._logits(x, resolved)
+        probs = torch.softmax(logits, dim=1).cpu()
+        kmax = max(1, min(max(ks, default=1), probs.shape[1]))
+        values, indices = probs.topk(kmax, dim=1)
+        answers = []
+        for i in range(n):
+            k = max(1, min(ks[i], probs.shape[1]))
+            preds = [
+                {"class": self.classes[int(j)], "probability": float(p)}
+                for p, j in zip(values[i, :k].tolist(), indices[i, :k].tolist(), strict=True)
+            ]
+            answer: dict[str, Any] = {"predictions": preds, "mix": dict(resolved[i])}
+            if _is_auto(mixes[i]):
+                answer["auto"] = True
+                if detected[i] is not None:
+                    answer["detected"] = detected[i]
+            answers.append(answer)
+        return answers
+
+    def as_module(self, mix: MixLike = AUTO) -> MixedModel:
+        """An ``nn.Module`` view of this engine: ``forward(images)`` returns the logits of every
+        image under ``mix`` (``"auto"`` by default: each image gets the mix the detector chose
+        for it). The shared weights are never touched. See :class:`MixedModel`."""
+        return MixedModel(self, mix)
+
+
+class MixedModel(nn.Module):
+    """Logits of an :class:`Engine` under one mix, as a module (what ``torch.hub.load(...,
+    patch="auto")`` returns). Images are float (N, 3, H, W) in [0, 1].
+
+    After each ``forward`` on an ``"auto"`` mix, :attr:`last_mixes` holds the mix applied to
+    each image and :attr:`last_detected` the detector's top classes per image.
+
+    Raises on ``forward``: :class:`~rws_hub.errors.RequestError` if ``"auto"`` is asked of an
+    engine without a detector.
+    """
+
+    def __init__(self, engine: Engine, mix: MixLike = AUTO) -> None:
+        super().__init__()
+        self.engine = engine
+        self.mix = mix
+        self.model = engine.model  # registered, so .eval()/.parameters() behave as expected
+        self.last_mixes: list[dict[str, float]] = []
+        self.last_detected: list[Any] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0] if images.dim() == 4 else 0
+        detected: list[Any] = [None] * n
+        engine = self.engine
+        resolved = engine._resolve(images.to(engine.device), [self.mix] * n, detected)
+        self.last_mixes = [dict(m) for m in resolved]
+        self.last_detected = detected
+        x, _ = engine._inputs(images, resolved)
+        return engine._logits(x, resolved)
+
+    def extra_repr(self) -> str:
+        return f"mix={self.mix!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _is_auto(obj: Any) -> bool:
+    """Whether a mix asks for the detector (``"auto"``, any case and spacing)."""
+    return isinstance(obj, str) and obj.strip().lower() == AUTO
+
+
+def _per_image(mixes: Sequence[MixLike] | MixLike, n: int) -> Sequence[MixLike]:
+    """``mixes`` as one per image: a single mix (None, a string, a mapping) is repeated."""
+    if mixes is None or isinstance(mixes, (str, Mapping)):
+        return [mixes] * n
+    return mixes
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` with cloned tensors (the caller's model is untouched)."""
+    return copy.deepcopy(model)
+
+
+def _output_features(model: nn.Module) -> int | None:
+    """Output width of the model's last Linear layer (its class count), if it has one."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last.out_features if last is not None else None
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` made JSON-serialisable (numbers, strings, lists, dicts; others as str)."""
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)

@@ -1,0 +1,1 @@
+"""Starting TorchServe and the whole stack as processes."""

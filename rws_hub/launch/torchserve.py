@@ -1,0 +1,547 @@
+"""``rws serve``: run TorchServe for a model folder with one call.
+
+This module never imports TorchServe: it drives the ``torch-model-archiver`` and ``torchserve``
+programs as subprocesses and talks HTTP to the server with the standard library.
+
+:func:`start` does, inside a *run directory* (everything the server writes stays there):
+
+1. builds a directory archive (``--archive-format no-archive``) of the handler
+   ``handlers/rws_handler.py``, the ``rws_hub`` package and the model folder (copied in as
+   ``model-folder/``), so the archive is self-contained (also for KServe, see docs/deploy.md);
+2. writes ``config.properties`` (loopback addresses, also for TorchServe's gRPC ports
+   ``grpc_port`` and ``grpc_port + 1``, the model with its batching and workers,
+   body size limit, token auth) and a quiet ``log4j2.xml`` (no access or metrics logs);
+3. starts ``torchserve --foreground`` in its own process group with ``TEMP``, ``TMPDIR``,
+   ``LOG_LOCATION`` and ``METRICS_LOCATION`` pointing into the run directory, and records the
+   process ids in ``server.json``;
+4. waits until ``/ping`` answers and the model's worker is READY.
+
+:func:`stop` (``rws serve --stop``) ends exactly the processes recorded in ``server.json``.
+Token authorization is ON unless ``auth=False``: the keys are in ``<run dir>/key_file.json``;
+send ``Authorization: Bearer <inference key>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_FOLDER",
+    "default_folder",
+    "Server",
+    "ServeOptions",
+    "ServeError",
+    "build_archive",
+    "find_handler",
+    "read_keys",
+    "start",
+    "stop",
+    "write_configs",
+]
+
+DEFAULT_FOLDER = Path("model-store/cifar10-vgg16")
+"""The embedded default model folder (relative to the repository root)."""
+
+
+def default_folder() -> Path:
+    """The embedded default model folder: ``model-store/cifar10-vgg16`` of the working
+    directory when it is there, else of the checkout this package lives in."""
+    here = DEFAULT_FOLDER
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / DEFAULT_FOLDER
+
+
+STATE_FILE = "server.json"
+KEY_FILE = "key_file.json"
+
+_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- rws serve: TorchServe's own log and the model (worker) log only, each capped at 10 MB;
+     no access log, no metrics logs. -->
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %c - %m%n"/>
+    </Console>
+    <RollingFile name="ts_log" fileName="${env:LOG_LOCATION:-logs}/ts_log.log"
+                 filePattern="${env:LOG_LOCATION:-logs}/ts_log.%i.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="10 MB"/></Policies>
+      <DefaultRolloverStrategy max="1"/>
+    </RollingFile>
+    <RollingFile name="model_log" fileName="${env:LOG_LOCATION:-logs}/model_log.log"
+                 filePattern="${env:LOG_LOCATION:-logs}/model_log.%i.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="10 MB"/></Policies>
+      <DefaultRolloverStrategy max="1"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="off"/>
+    <Logger name="MODEL_METRICS" level="off"/>
+    <Logger name="TS_METRICS" level="off"/>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="MODEL_LOG" level="info" additivity="false">
+      <AppenderRef ref="model_log"/>
+    </Logger>
+    <Logger name="org.pytorch.serve" level="info" additivity="false">
+      <AppenderRef ref="ts_log"/>
+    </Logger>
+    <Root level="warn">
+      <AppenderRef ref="STDOUT"/>
+      <AppenderRef ref="ts_log"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+class ServeError(RuntimeError):
+    """The server could not be prepared, started, reached or stopped."""
+
+
+@dataclass
+class ServeOptions:
+    """Everything ``rws serve`` needs.
+
+    ``settings`` go to the handler (the ``rws:`` section of ``model-config.yaml``): e.g.
+    ``{"max_alpha": 4.0, "dtype": "bfloat16", "cache_mb": 64, "threads": 1}``.
+    ``envelope="kservev2"`` switches the wire format to KServe v2 (TorchServe's envelope
+    handles one request per call, so the batch size is forced to 1 there).
+    """
+
+    folder: Path = DEFAULT_FOLDER
+    run_dir: Path = Path("runs/serve")
+    model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_port: int = 7070
+    batch_size: int = 8
+    max_batch_delay: int = 5
+    workers: int = 1
+    auth: bool = True
+    envelope: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    response_timeout: int = 120
+    settings: dict[str, Any] = field(default_factory=dict)
+    handler: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self.run_dir = Path(self.run_dir)
+        if self.model_name is None:
+            self.model_name = re.sub(r"[^A-Za-z0-9_-]+", "-", self.folder.resolve().name) or "rws"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", self.model_name):
+            raise ServeError(f"model name {self.model_name!r}: use letters, digits, '-' and '_'")
+        if self.envelope not in (None, "kservev2"):
+            raise ServeError(f"envelope {self.envelope!r}: only 'kservev2' is supported")
+        for name in ("batch_size", "workers"):
+            if int(getattr(self, name)) < 1:
+                raise ServeError(f"{name} must be at least 1")
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}"
+
+
+# --------------------------------------------------------------------------------------------
+# preparing the run directory
+
+
+def _program(name: str) -> str:
+    """A console script of this environment (next to the interpreter), else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise ServeError(f"{name} not found; install the serve extra: pip install 'rws-hub[serve]'")
+    return found
+
+
+def find_handler() -> Path:
+    """``handlers/rws_handler.py`` of this checkout (next to the ``rws_hub`` package)."""
+    path = Path(__file__).resolve().parents[2] / "handlers" / "rws_handler.py"
+    if not path.is_file():
+        raise ServeError(f"handler not found at {path}; run from a checkout of rws-hub")
+    return path
+
+
+def _yaml_scalar(value: Any) -> str:
+    return json.dumps(value)  # JSON scalars are valid YAML
+
+
+def _worker_settings(opts: ServeOptions) -> dict[str, int]:
+    """The model's workers, batching and timeout, as TorchServe names them (the KServe v2
+    envelope handles one request per call, so its batch size is 1)."""
+    return {
+        "minWorkers": opts.workers,
+        "maxWorkers": opts.workers,
+        "batchSize": 1 if opts.envelope == "kservev2" else opts.batch_size,
+        "maxBatchDelay": opts.max_batch_delay,
+        "responseTimeout": opts.response_timeout,
+    }
+
+
+def build_archive(opts: ServeOptions, archive_format: str = "no-archive") -> Path:
+    """Build the archive into ``<run dir>/model-store/``: a directory ``<name>/``
+    (``no-archive``, what :func:`start` serves) or ``<name>.mar`` (``archive_format="default"``,
+    the file KServe's TorchServe runtime loads). Returns its path."""
+    if archive_format not in ("no-archive", "default"):
+        raise ServeError(f"archive format {archive_format!r}: use 'no-archive' or 'default'")
+    folder = opts.folder.resolve()
+    if not (folder / "config.json").is_file():
+        raise ServeError(f"{opts.folder}: not a model folder (no config.json)")
+    run_dir = opts.run_dir.resolve()
+    store = run_dir / "model-store"
+    stage = run_dir / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(store / str(opts.model_name), ignore_errors=True)
+    (store / f"{opts.model_name}.mar").unlink(missing_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
+    stage.mkdir(parents=True)
+    package = Path(__file__).resolve().parents[1]
+    shutil.copytree(package, stage / "rws_hub", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(folder, stage / "model-folder", ignore=shutil.ignore_patterns(".cache"))
+
+    settings = {"folder": "model-folder", "max_body_bytes": opts.max_body_bytes}
+    settings.update(opts.settings)
+    lines = [
+        *(f"{k}: {v}" for k, v in _worker_settings(opts).items()),
+        "rws:",
+        *(f"  {k}: {_yaml_scalar(v)}" for k, v in settings.items()),
+    ]
+    model_config = run_dir / "model-config.yaml"
+    model_config.write_text("\n".join(lines) + "\n")
+
+    handler = (opts.handler or find_handler()).resolve()
+    cmd = [
+        _program("torch-model-archiver"),
+        "--model-name", str(opts.model_name),
+        "--version", "1.0",
+        "--handler", str(handler),
+        "--extra-files", str(stage),
+        "--config-file", str(model_config),
+        "--export-path", str(store),
+        "--archive-format", archive_format,
+        "--force",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir)
+    shutil.rmtree(stage, ignore_errors=True)
+    if done.returncode != 0:
+        raise ServeError(f"torch-model-archiver failed: {done.stderr.strip() or done.stdout}")
+    suffix = ".mar" if archive_format == "default" else ""
+    return store / f"{opts.model_name}{suffix}"
+
+
+def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
+    """Write ``config.properties`` and ``log4j2.xml`` into the run directory."""
+    run_dir = opts.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = {
+        opts.model_name: {
+            "1.0": {"defaultVersion": True, "marName": opts.model_name, **_worker_settings(opts)}
+        }
+    }
+    # JSON-level overhead on top of the image: base64 (4/3) plus the other fields
+    request_limit = opts.max_body_bytes * 4 // 3 + 64 * 1024
+    props = {
+        "inference_address": opts.inference_url,
+        "management_address": opts.management_url,
+        "metrics_address": opts.metrics_url,
+        # TorchServe always starts its gRPC servers: keep them on loopback, on known ports
+        "grpc_inference_address": opts.host,
+        "grpc_inference_port": opts.grpc_port,
+        "grpc_management_address": opts.host,
+        "grpc_management_port": opts.grpc_port + 1,
+        "disable_system_metrics": "true",
+        "model_store": str(run_dir / "model-store"),
+        "load_models": opts.model_name,
+        "models": json.dumps(model),
+        "default_workers_per_model": opts.workers,
+        "max_request_size": request_limit,
+        "max_response_size": request_limit,
+        "disable_token_authorization": str(not opts.auth).lower(),
+        "enable_model_api": "false",
+        "decode_input_request": "false",  # the handler parses JSON itself (limits, duplicates)
+        "install_py_dep_per_model": "false",
+        "async_logging": "true",
+        "default_response_timeout": opts.response_timeout,
+        "vmargs": "-Xmx1g -XX:+ExitOnOutOfMemoryError",
+    }
+    if opts.envelope:
+        props["service_envelope"] = opts.envelope
+    cfg = run_dir / "config.properties"
+    cfg.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    log4j = run_dir / "log4j2.xml"
+    log4j.write_text(_LOG4J2)
+    return cfg, log4j
+
+
+# --------------------------------------------------------------------------------------------
+# the server
+
+
+def read_keys(run_dir: str | Path) -> dict[str, str]:
+    """The token keys TorchServe wrote: ``{"inference": ..., "management": ..., "API": ...}``
+    (empty when token auth is off or the server has not started yet)."""
+    path = Path(run_dir) / KEY_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v["key"] for k, v in raw.items() if isinstance(v, dict) and "key" in v}
+
+
+def _http(url: str, key: str | None, timeout: float = 5.0) -> tuple[int, str]:
+    req = urllib.request.Request(url)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
+@dataclass
+class Server:
+    """A running TorchServe started by :func:`start` (or found by :meth:`attach`)."""
+
+    opts: ServeOptions
+    launcher_pid: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.opts.run_dir.resolve()
+
+    @property
+    def inference_url(self) -> str:
+        """``POST`` images here: ``<inference>/predictions/<model name>``."""
+        return f"{self.opts.inference_url}/predictions/{self.opts.model_name}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / KEY_FILE
+
+    def keys(self) -> dict[str, str]:
+        """Token keys (see :func:`read_keys`)."""
+        return read_keys(self.run_dir)
+
+    def _key(self, api: str) -> str | None:
+        """The token key for ``api`` (None without token auth or before the server wrote it)."""
+        return self.keys().get(api) if self.opts.auth else None
+
+    def headers(self, api: str = "inference") -> dict[str, str]:
+        """``{"Authorization": "Bearer <key>"}`` for ``api`` (empty without token auth)."""
+        key = self._key(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def java_pid(self) -> int | None:
+        """The TorchServe frontend's pid (from its pid file in the run directory)."""
+        try:
+            return int((self.run_dir / "tmp" / ".model_server.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return _pid_alive(self.launcher_pid)
+
+    def status(self) -> str | None:
+        """The model's worker status (``READY``, ...) from the management API, or None."""
+        key = self._key("management")
+        try:
+            code, text = _http(f"{self.opts.management_url}/models/{self.opts.model_name}", key)
+        except OSError:
+            return None
+        if code != 200:
+            return None
+        try:
+            workers = json.loads(text)[0].get("workers", [])
+        except (ValueError, IndexError, AttributeError):
+            return None
+        states = {w.get("status") for w in workers}
+        return "READY" if states == {"READY"} else (",".join(sorted(map(str, states))) or None)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until ``/ping`` is healthy and every worker is READY."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServeError(f"torchserve exited; see {self.run_dir / 'logs'}\n{self.tail()}")
+            key = self._key("inference")
+            if not self.opts.auth or key:
+                try:
+                    code, _ = _http(f"{self.opts.inference_url}/ping", key, timeout=2)
+                except OSError:
+                    code = 0
+                if code == 200 and self.status() == "READY":
+                    return
+            time.sleep(0.25)
+        raise ServeError(f"TorchServe not READY after {timeout:.0f} s\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of the server's console and model logs (for error messages)."""
+        out = []
+        for name in ("torchserve.out", "logs/ts_log.log", "logs/model_log.log"):
+            path = self.run_dir / name
+            if path.is_file():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server: SIGTERM to the frontend, then its process group if needed."""
+        java = self.java_pid()
+        if java and _pid_alive(java):
+            _signal(java, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and ((java and _pid_alive(java)) or self.alive()):
+            time.sleep(0.1)
+        # Whatever is left in the group we created (launcher, frontend, workers) goes now.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.launcher_pid, signal.SIGKILL)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+        (self.run_dir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> Server | None:
+        """The server recorded in ``<run_dir>/server.json``, if that file exists."""
+        path = Path(run_dir) / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        opts = ServeOptions(**state["options"])
+        return cls(opts=opts, launcher_pid=int(state["launcher_pid"]))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> Server:
+    """Build the archive, write the configs, start TorchServe and wait until READY.
+
+    Raises :class:`ServeError` when a server recorded in the run directory is still running,
+    a tool is missing, or the server does not become READY in ``timeout`` seconds (the server
+    is stopped again then).
+    """
+    run_dir = opts.run_dir.resolve()
+    existing = Server.attach(run_dir)
+    if existing is not None and existing.alive():
+        raise ServeError(
+            f"a server is already running from {run_dir} (pid {existing.launcher_pid}); "
+            "stop it first: rws serve --stop"
+        )
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ServeError(
+            "java not found: TorchServe needs Java 17 (apt-get install openjdk-17-jre)"
+        )
+    for sub in ("tmp", "logs"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    (run_dir / KEY_FILE).unlink(missing_ok=True)
+    build_archive(opts)
+    cfg, log4j = write_configs(opts)
+
+    env = dict(os.environ)
+    env.update(
+        TEMP=str(run_dir / "tmp"),
+        TMPDIR=str(run_dir / "tmp"),
+        LOG_LOCATION=str(run_dir / "logs"),
+        METRICS_LOCATION=str(run_dir / "logs"),
+    )
+    env.update(opts.env)
+    cmd = [
+        _program("torchserve"),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store", str(run_dir / "model-store"),
+        "--ts-config", str(cfg),
+        "--log-config", str(log4j),
+    ]  # fmt: skip
+    if not opts.auth:
+        cmd.append("--disable-token-auth")
+    console = open(run_dir / "torchserve.out", "ab")  # noqa: SIM115 (outlives this call)
+    process = subprocess.Popen(
+        cmd,
+        cwd=run_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    console.close()
+    server = Server(opts=opts, launcher_pid=process.pid, process=process)
+    state = {
+        "launcher_pid": process.pid,
+        "options": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in opts.__dict__.items()
+            if k not in ("handler", "env")
+        },
+    }
+    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    if wait:
+        try:
+            server.wait_ready(timeout)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def stop(run_dir: str | Path, timeout: float = 30.0) -> bool:
+    """Stop the server recorded in ``run_dir``; False when none was recorded or running."""
+    server = Server.attach(run_dir)
+    if server is None:
+        return False
+    was_alive = server.alive()
+    server.stop(timeout)
+    return was_alive

@@ -1,0 +1,1 @@
+"""The zoo: training, evaluation, the build pipeline and the weights registry."""

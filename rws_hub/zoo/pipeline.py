@@ -1,0 +1,339 @@
+"""The zoo pipeline: one command builds a zoo entry, step by step, resumable.
+
+``pretrain → clean → robust (one per corruption) → extract → evaluate → export``
+
+Every step writes into the work folder and is skipped when its output exists; a training step
+killed half way resumes from its last checkpoint. The export step writes the model folder
+(``rws_hub.io.folder``) with the measured metrics in its config and model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from rws_hub.archs.models import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, create_model
+from rws_hub.zoo.training import TrainConfig, train
+
+STEPS = ("pretrain", "clean", "robust", "extract", "evaluate", "export")
+
+
+def _all_corruptions() -> list[str]:
+    from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
+
+    return list(ALL_CORRUPTIONS)
+
+
+@dataclass
+class ZooSpec:
+    """What a zoo entry is made of, and how (defaults: the embedded ``cifar10-vgg16``)."""
+
+    name: str = "cifar10-vgg16"
+    data: str = "../shared/data/cifar10"
+    work: str = "runs/zoo/cifar10-vgg16"
+    export: str = "model-store/cifar10-vgg16"
+    architecture: str = "vgg16_cifar"
+    width: float = 0.5
+    pretrain_epochs: float = 8
+    pretrain_lr: float = 0.05
+    label_smoothing: float = 0.0  # pretraining only
+    clean_epochs: float = 0.5
+    robust_epochs: float = 0.4
+    finetune_lr: float = 0.01
+    finetune_schedule: str = "cosine"
+    corrupt_fraction: float = 0.5  # share of each fine-tuning batch that is corrupted
+    severity: int = 5
+    corruptions: list[str] = field(default_factory=_all_corruptions)
+    layers: int = 7
+    quantization: str = "int8"  # fp32 | int8 | int4 | log8
+    eval_limit: int | None = None  # test images (None = the whole test set)
+    jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
+    seed: int = 0
+
+    # --- run configurations -------------------------------------------------------------
+    def _base(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "architecture": self.architecture,
+            "width": self.width,
+            "seed": self.seed,
+            "num_classes": len(CIFAR10_CLASSES),
+        }
+
+    def pretrain_config(self) -> TrainConfig:
+        return TrainConfig(
+            stage="pretrain",
+            out=f"{self.work}/pretrain",
+            epochs=self.pretrain_epochs,
+            lr=self.pretrain_lr,
+            schedule="onecycle",
+            nesterov=True,
+            label_smoothing=self.label_smoothing,
+            **self._base(),
+        )
+
+    def clean_config(self) -> TrainConfig:
+        return TrainConfig(
+            stage="clean",
+            out=f"{self.work}/clean",
+            init=f"{self.work}/pretrain/final.safetensors",
+            epochs=self.clean_epochs,
+            lr=self.finetune_lr,
+            schedule=self.finetune_schedule,
+            **self._base(),
+        )
+
+    def robust_config(self, corruption: str) -> TrainConfig:
+        return TrainConfig(
+            stage="robust",
+            out=f"{self.work}/robust/{corruption}",
+            init=f"{self.work}/pretrain/final.safetensors",
+            epochs=self.robust_epochs,
+            lr=self.finetune_lr,
+            schedule=self.finetune_schedule,
+            corruption=corruption,
+            severity=self.severity,
+            corrupt_fraction=self.corrupt_fraction,
+            **self._base(),
+        )
+
+    def config_json(self) -> dict[str, Any]:
+        """The backbone's ``config.json`` content (metrics are added by the export step)."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "width": self.width,
+            "classes": list(CIFAR10_CLASSES),
+            "mean": list(CIFAR10_MEAN),
+            "std": list(CIFAR10_STD),
+            "input_size": [3, 32, 32],
+            "signature_layers": self.layers,
+            "recipe": asdict(self),
+            "rebuild": self.rebuild_command(),
+        }
+
+    def rebuild_command(self) -> str:
+        """The ``rws zoo build`` command that rebuilds this entry (options that differ from
+        the defaults only)."""
+        default = ZooSpec()
+        parts = ["rws zoo build"]
+        for f in fields(self):
+            value, base = getattr(self, f.name), getattr(default, f.name)
+            if value == base:
+                continue
+            if isinstance(value, list):
+                value = ",".join(value)
+            elif value is None:
+                value = "all"
+            parts.append(f"--{f.name.replace('_', '-')} {value}")
+        return " ".join(parts)
+
+
+def _train_quietly(cfg: TrainConfig) -> str:
+    torch.set_num_threads(1)
+    return str(train(cfg, resume=True, progress=False))
+
+
+def load_state_model(spec: ZooSpec, path: str | Path) -> nn.Module:
+    """A model of the zoo's architecture with the state dict at ``path`` (safetensors)."""
+    model = create_model(spec.architecture, num_classes=len(CIFAR10_CLASSES), width=spec.width)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def quantize_signature(sig: Any, scheme: str) -> Any:
+    """Apply the zoo's storage choice: ``fp32``, ``int8``, ``int4`` or ``log8`` (per-channel)."""
+    if scheme == "fp32":
+        return sig
+    kind = "log" if scheme.startswith("log") else "linear"
+    return sig.quantize(bits=int(scheme[3:]), scheme=kind, granularity="channel")
+
+
+def eval_rows(
+    res: dict[str, Any], severity: int | str, corruptions: list[str] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """Per corruption, from a zoo's ``eval.json`` (percent): ``backbone_ra``, ``patched_ra``,
+    ``patched_ta`` (backbone + own signature), ``robust_model_ra``, ``robust_model_ta``."""
+    bb = res["backbone"]
+    sev = str(severity)
+    own_clean = bb["meta"].get("own_clean", {})
+    robust = res["robust_models"]
+    return {
+        c: {
+            "backbone_ra": bb["corrupted"][c][sev]["none"],
+            "patched_ra": bb["corrupted"][c][sev].get("own"),
+            "patched_ta": own_clean.get(c),
+            "robust_model_ra": robust[c]["corrupted"],
+            "robust_model_ta": robust[c]["clean"],
+        }
+        for c in (corruptions if corruptions is not None else list(robust))
+    }
+
+
+class ZooBuilder:
+    """Runs the steps of :class:`ZooSpec`; each step skips work already done."""
+
+    def __init__(self, spec: ZooSpec, *, progress: bool = True) -> None:
+        self.spec = spec
+        self.work = Path(spec.work)
+        self.progress = progress
+
+    # --- training -------------------------------------------------------------------------
+    def pretrain(self) -> Path:
+        return train(self.spec.pretrain_config(), resume=True, progress=self.progress)
+
+    def clean(self) -> Path:
+        return train(self.spec.clean_config(), resume=True, progress=self.progress)
+
+    def robust(self, corruptions: list[str] | None = None) -> list[Path]:
+        names = corruptions or self.spec.corruptions
+        return self._train_all([self.spec.robust_config(c) for c in names])
+
+    def finetune(self) -> list[Path]:
+        """The clean and every robust fine-tuning, sharing the ``jobs`` parallel workers."""
+        configs = [self.spec.clean_config()]
+        configs += [self.spec.robust_config(c) for c in self.spec.corruptions]
+        return self._train_all(configs)
+
+    def _train_all(self, configs: list[TrainConfig]) -> list[Path]:
+        if self.spec.jobs <= 1:
+            return [train(c, resume=True, progress=self.progress) for c in configs]
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(self.spec.jobs, mp_context=get_context("spawn")) as pool:
+            return [Path(p) for p in pool.map(_train_quietly, configs)]
+
+    # --- signatures -----------------------------------------------------------------------
+    def extract(self) -> dict[str, Path]:
+        from rws_hub.core.extraction import extract
+
+        out = self.work / "signatures"
+        out.mkdir(parents=True, exist_ok=True)
+        pre = load_file(str(self.work / "pretrain/final.safetensors"))
+        clean = load_file(str(self.work / "clean/final.safetensors"))
+        paths = {}
+        for c in self.spec.corruptions:
+            path = out / f"{c}.safetensors"
+            paths[c] = path
+            if path.exists():
+                continue
+            robust = load_file(str(self.work / f"robust/{c}/final.safetensors"))
+            sig = extract(
+                pre,
+                clean,
+                robust,
+                name=c,
+                layers=self.spec.layers,
+                architecture=self.spec.architecture,
+                provenance={
+                    "zoo": self.spec.name,
+                    "corruption": c,
+                    "severity": self.spec.severity,
+                    "corrupt_fraction": self.spec.corrupt_fraction,
+                    "robust_epochs": self.spec.robust_epochs,
+                },
+            )
+            quantize_signature(sig, self.spec.quantization).save(path)
+        return paths
+
+    def signatures(self) -> dict[str, Any]:
+        from rws_hub.core.signature import Signature
+
+        return {
+            c: Signature.load(self.work / "signatures" / f"{c}.safetensors")
+            for c in self.spec.corruptions
+        }
+
+    # --- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """Measure backbone, patched backbone and each robust model; cached in eval.json."""
+        from rws_hub.datasets.arrays import load_images
+        from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        path = self.work / "eval.json"
+        results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        test = load_images(self.spec.data, "test").subset(self.spec.eval_limit)
+        if results.get("images") not in (None, len(test)):
+            # measured on another number of test images: keep it aside, measure again
+            path.rename(path.with_name(f"eval-{results['images']}.json"))
+            results = {}
+        sev = self.spec.severity
+        if "backbone" not in results:
+            model = load_state_model(self.spec, self.work / "clean/final.safetensors")
+            model.rws_signatures = self.signatures()
+            rep = evaluate(
+                model,
+                test,
+                corruptions=self.spec.corruptions,
+                severities=[sev],
+                mixes={"none": None, OWN: OWN},
+                progress=self.progress,
+            )
+            results["backbone"] = rep.to_json()
+            results["images"] = len(test)
+            path.write_text(json.dumps(results, indent=2))
+        robust = results.setdefault("robust_models", {})
+        for c in self.spec.corruptions:
+            if c in robust:
+                continue
+            model = load_state_model(self.spec, self.work / f"robust/{c}/final.safetensors")
+            robust[c] = {
+                "clean": accuracy(model, test),
+                "corrupted": accuracy(model, test, corruption=c, severity=sev),
+            }
+            path.write_text(json.dumps(results, indent=2))
+        return results
+
+    def metrics(self) -> dict[str, Any]:
+        """The measured numbers in the form the model folder's config keeps them (accuracies
+        as fractions in [0, 1]; eval.json keeps percent)."""
+        res = json.loads((self.work / "eval.json").read_text())
+
+        def frac(x: float | None) -> float | None:
+            return None if x is None else round(x / 100.0, 6)
+
+        rows = eval_rows(res, self.spec.severity, self.spec.corruptions)
+        return {
+            "dataset": "cifar10",
+            "split": "test",
+            "test_images": res["images"],
+            "severity": self.spec.severity,
+            "clean_accuracy": frac(res["backbone"]["clean"]["none"]),
+            "corruptions": {c: {k: frac(v) for k, v in r.items()} for c, r in rows.items()},
+        }
+
+    # --- export ---------------------------------------------------------------------------
+    def export(self) -> Path:
+        from rws_hub.io.folder import save_model_folder
+
+        pre = load_file(str(self.work / "pretrain/final.safetensors"))
+        model = load_state_model(self.spec, self.work / "clean/final.safetensors")
+        config = self.spec.config_json()  # lineage: save_model_folder fingerprints ``pre``
+        config["metrics"] = self.metrics()
+        config["default_signatures"] = list(self.spec.corruptions)
+        return save_model_folder(
+            self.spec.export,
+            model=model,
+            config=config,
+            signatures=self.signatures(),
+            pretrained=pre,
+        )
+
+    def run(self, steps: tuple[str, ...] = STEPS) -> None:
+        """Run the given steps in pipeline order."""
+        for step in STEPS:
+            if step == "robust" and "clean" in steps:
+                continue  # ran together with the clean fine-tuning
+            if step == "clean" and "robust" in steps:
+                self.finetune()
+            elif step in steps:
+                getattr(self, step)()

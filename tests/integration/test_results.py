@@ -1,0 +1,250 @@
+"""benchmarks/results.py end to end on a tiny zoo: every section, its JSON, PNG and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("matplotlib")
+
+from rws_hub.core.layers import shallow_params  # noqa: E402
+from rws_hub.core.patching import patch  # noqa: E402
+from rws_hub.zoo.evaluation import accuracy  # noqa: E402
+from rws_hub.zoo.pipeline import ZooBuilder, ZooSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CORRUPTIONS = ["gaussian_noise", "fog", "contrast"]  # in ALL_CORRUPTIONS order
+KEYS = ("main", "layers", "cosine", "alpha", "depth", "compose", "quant", "transfer")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_results() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("results", ROOT / "benchmarks" / "results.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["results"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+R = _load_results()
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny zoo (3 corruptions, width 1/8) built and exported with rws_hub.zoo.pipeline."""
+    root = tmp_path_factory.mktemp("results_zoo")
+    spec = ZooSpec(
+        name="tiny",
+        data=str(tiny_cifar),
+        work=str(root / "work"),
+        export=str(root / "folder"),
+        width=0.125,
+        pretrain_epochs=1,
+        clean_epochs=0.5,
+        robust_epochs=0.5,
+        corruptions=CORRUPTIONS,
+        eval_limit=64,
+        jobs=1,
+    )
+    ZooBuilder(spec, progress=False).run()
+    return {"work": root / "work", "folder": root / "folder", "root": root}
+
+
+def _args(zoo: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--work",
+        str(zoo["work"]),
+        "--folder",
+        str(zoo["folder"]),
+        "--out",
+        str(out / "results"),
+        "--doc",
+        str(out / "results.md"),
+        "--limit",
+        "64",
+        "--sweep",
+        ",".join(CORRUPTIONS),
+        "--transfer-epochs",
+        "0.5",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def report(zoo: dict[str, Path]) -> Path:
+    """Every section run once with ``all``; a foreign section is in the report beforehand."""
+    out = zoo["root"] / "docs"
+    out.mkdir()
+    (out / "results.md").write_text(
+        "# old\n\n## 1. Main table: standard, robust and patched models\n\nstale\n\n"
+        "<!-- auto-patch -->\n## Auto-patch: detecting the corruption\n\nDetector text 42.\n"
+        "<!-- /auto-patch -->\n\n## Notes by someone else\n\nkeep me\n"
+    )
+    assert R.main(["all", *_args(zoo, out)]) == 0
+    return out
+
+
+def _json(report: Path, key: str) -> dict:
+    return json.loads((report / "results" / f"{key}.json").read_text())
+
+
+def test_fast_accuracy_equals_rws_accuracy(zoo: dict[str, Path], tmp_path: Path) -> None:
+    args = R.build_parser().parse_args(["main", *_args(zoo, tmp_path)])
+    z = R.Zoo(args)
+    assert z.corruptions == CORRUPTIONS and z.sweep == CORRUPTIONS
+    model = z.backbone
+    assert z.acc(model) == accuracy(model, z.test)
+    for c in ("fog", "gaussian_noise"):
+        assert z.acc(model, c) == accuracy(model, z.test, corruption=c, severity=5)
+        with patch(model, {z.signature(c): 1.0}):
+            assert z.acc(model, c) == accuracy(model, z.test, corruption=c, severity=5)
+
+
+def test_every_section_writes_json_and_png(report: Path) -> None:
+    for key in KEYS:
+        data = _json(report, key)
+        assert data["setup"]["test_images"] == 64
+        assert data["command"].startswith("nice -n 10 .venv/bin/python benchmarks/results.py")
+        png = (report / "results" / f"{key}.png").read_bytes()
+        assert png[:8] == PNG_MAGIC and len(png) > 5000
+
+
+def test_main_table_is_the_zoo_evaluation(report: Path, zoo: dict[str, Path]) -> None:
+    ev = json.loads((zoo["work"] / "eval.json").read_text())
+    r = _json(report, "main")
+    assert [row["corruption"] for row in r["rows"]] == CORRUPTIONS
+    for row in r["rows"]:
+        c = row["corruption"]
+        assert row["std_ra"] == ev["backbone"]["corrupted"][c]["5"]["none"]
+        assert row["patched_ra"] == ev["backbone"]["corrupted"][c]["5"]["own"]
+        assert row["robust_ra"] == ev["robust_models"][c]["corrupted"]
+        # int8 per channel: about one byte per value plus scales
+        assert (
+            row["signature_fp32_bytes"] / 4
+            <= row["signature_bytes"]
+            < row["signature_fp32_bytes"] / 3
+        )
+    assert r["full_model_bytes"] > r["signature_bytes_mean"]
+
+
+def test_layers_relative_difference(report: Path, zoo: dict[str, Path]) -> None:
+    r = _json(report, "layers")
+    assert r["layers"] == [f"conv{i}" for i in range(1, 14)] + ["fc"]
+    std = load_file(str(zoo["work"] / "clean/final.safetensors"))
+    fog = load_file(str(zoo["work"] / "robust/fog/final.safetensors"))
+    names = ["features.0.weight", "features.0.bias"]
+    num = sum(float((fog[n].double() - std[n].double()).pow(2).sum()) for n in names)
+    den = sum(float(std[n].double().pow(2).sum()) for n in names)
+    assert math.isclose(r["relative_difference"]["fog"][0], math.sqrt(num / den), rel_tol=1e-9)
+    assert all(v > 0 for v in r["mean"])
+
+
+def test_cosine_matrix(report: Path) -> None:
+    m = torch.tensor(_json(report, "cosine")["matrix"])
+    assert m.shape == (3, 3)
+    assert torch.allclose(m.diagonal(), torch.ones(3), atol=1e-6)
+    assert torch.allclose(m, m.T, atol=1e-9)
+    assert _json(report, "cosine")["signature_vs_clean_direction_max_abs"] < 0.05
+
+
+def test_alpha_sweep_and_exact_removal(report: Path) -> None:
+    r = _json(report, "alpha")
+    assert r["alphas"] == [0, 0.25, 0.5, 1, 1.5, 2]
+    assert r["bitwise_restore"] is True and r["bitwise_restore_checks"] == 3 * (6 + 1)
+    for c in CORRUPTIONS:
+        assert len(r["ra"][c]) == 6
+        assert r["ra"][c][0] == r["base_ra"][c]
+        assert r["ta"][c][0] == r["base_ta"]
+
+
+def test_bitwise_check_detects_a_change(zoo: dict[str, Path], tmp_path: Path) -> None:
+    z = R.Zoo(R.build_parser().parse_args(["main", *_args(zoo, tmp_path)]))
+    snap = R._snapshot(z.backbone)
+    assert R._bitwise_equal(z.backbone, snap)
+    with torch.no_grad():
+        w = z.backbone.features[0].weight
+        w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(float("inf")))
+    assert not R._bitwise_equal(z.backbone, snap)
+
+
+def test_depth_sweep(report: Path, zoo: dict[str, Path]) -> None:
+    r = _json(report, "depth")
+    assert r["ks"] == list(range(1, 14))
+    std = load_file(str(zoo["work"] / "clean/final.safetensors"))
+    for k in (1, 7, 13):
+        assert r["fp32_bytes"][k - 1] == 4 * sum(std[n].numel() for n in shallow_params(std, k))
+    assert r["fp32_bytes"] == sorted(r["fp32_bytes"])
+    assert all(len(r["gain"][c]) == 13 for c in CORRUPTIONS)
+
+
+def test_compose(report: Path) -> None:
+    r = _json(report, "compose")
+    assert len(r["pairs"]) == 3
+    al = r["all_standard"]
+    assert al["n"] == 3 and set(al["rules"]) == {"α = 1", "α = 1/√n", "α = 1/n"}
+    assert math.isclose(al["rules"]["α = 1/√n"]["alpha"], 1 / math.sqrt(3))
+    assert al["best"] == max(al["rules"], key=lambda k: al["rules"][k]["score"])
+    for p in r["pairs"]:
+        assert p["on_a"]["a"] == r["own_ra"][p["a"]] and p["on_b"]["b"] == r["own_ra"][p["b"]]
+
+
+def test_quant_sizes(report: Path) -> None:
+    s = _json(report, "quant")["schemes"]
+    ratios = [s[k]["ratio"] for k in ("fp32", "fp16", "int8 linear/tensor", "int4 linear/tensor")]
+    assert ratios == sorted(ratios)
+    assert math.isclose(s["fp16"]["bytes"] * 2, s["fp32"]["bytes"])
+    assert s["int8 linear/channel"]["bytes"] > s["int8 linear/tensor"]["bytes"]  # scales
+    assert s["fp32"]["cos_to_fp32"] == pytest.approx(1.0)
+    assert s["int8 linear/tensor"]["cos_to_fp32"] > s["int4 linear/tensor"]["cos_to_fp32"]
+
+
+def test_transfer(report: Path) -> None:
+    r = _json(report, "transfer")
+    assert r["drift"]["all"] > 0
+    assert list(r["rows"]) == CORRUPTIONS
+    for v in r["rows"].values():
+        assert 0 <= v["updated_patched"] <= 100
+
+
+def test_report_has_every_section_and_keeps_foreign_text(report: Path) -> None:
+    text = (report / "results.md").read_text()
+    for title in R.SECTIONS.values():
+        assert text.count(f"## {title}") == 1
+        assert f"![{title}](results/" in text
+    assert "stale" not in text and "Not yet run" not in text
+    assert text.count("Detector text 42.") == 1 and "<!-- auto-patch -->" in text
+    assert "## Notes by someone else\n\nkeep me" in text
+    assert text.count("**Difference and why.**") == 8
+    assert re.search(r"\{[a-z_]+(:[^}]*)?\}", text) is None  # every placeholder filled
+
+
+def test_report_lists_sections_not_run_and_prefers_side_file(report: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    for key in ("main", "cosine"):
+        (out / f"{key}.json").write_text((report / "results" / f"{key}.json").read_text())
+    (out / "auto_patch.md").write_text("## Auto-patch: detecting the corruption\n\nNewer text.\n")
+    doc = tmp_path / "results.md"
+    doc.write_text((report / "results.md").read_text())
+    assert R.main(["doc", "--out", str(out), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "## Not yet run" in text
+    for key in ("layers", "alpha", "depth", "compose", "quant", "transfer"):
+        assert f"benchmarks/results.py {key}`" in text
+    assert "Newer text." in text and "Detector text 42." not in text
+    assert text.count("## Auto-patch") == 1
+    # regenerating twice gives the same page
+    R.main(["doc", "--out", str(out), "--doc", str(doc)])
+    assert doc.read_text() == text

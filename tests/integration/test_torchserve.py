@@ -1,0 +1,279 @@
+"""A real TorchServe (Java) on loopback, started with rws_hub.launch.torchserve, against the in-process
+Engine: concurrent mixed requests, batching, per-request errors, token auth, KServe v2."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+requests = pytest.importorskip("requests")
+
+from helpers.serving import (  # noqa: E402
+    HAVE_TORCHSERVE,
+    NAMES,
+    assert_same,
+    expected,
+    free_ports,
+    make_serving_folder,
+    png,
+    session,
+    start_server,
+    stop_server,
+)
+
+from rws_hub.cli import main as rws_main  # noqa: E402
+from rws_hub.inference.engine import Engine  # noqa: E402
+from rws_hub.launch import torchserve as serving  # noqa: E402
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve"),
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder: VGG-16 at width 0.125 and four random signatures (K=3)."""
+    return make_serving_folder(tmp_path_factory.mktemp("folder") / "tiny-vgg")
+
+
+@pytest.fixture(scope="module")
+def engine(folder: Path) -> Engine:
+    return Engine.from_folder(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(folder, tmp_path_factory.mktemp("serve"))
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def random_mix(rng: random.Random):
+    names = rng.sample(NAMES, rng.randint(0, 3))
+    form = rng.choice(["dict", "list", "str", "none"])
+    if not names or form == "none":
+        return None
+    if form == "list":
+        return names
+    alphas = {n: round(rng.uniform(0.1, 2.5), 3) for n in names}
+    if form == "str":
+        return ",".join(f"{n}:{a}" for n, a in alphas.items())
+    return alphas
+
+
+def test_concurrent_mixed_requests_match_engine(server, engine):
+    rng = random.Random(0)
+    jobs = []
+    for i in range(64):
+        mix = random_mix(rng)
+        jobs.append((i, png(i, (32, 32) if i % 5 else (48, 40)), mix, rng.randint(1, 10)))
+
+    def send(job):
+        i, data, mix, k = job
+        s = session(server)
+        if i % 3 == 0:  # raw image; the mix in the query string of /invocations
+            params = {"model_name": "tiny", "top_k": str(k)}
+            if mix is not None:
+                params["signatures"] = (
+                    mix
+                    if isinstance(mix, str)
+                    else ",".join(
+                        mix if isinstance(mix, list) else [f"{n}:{a}" for n, a in mix.items()]
+                    )
+                )
+            r = s.post(
+                f"{server.opts.inference_url}/invocations",
+                params=params,
+                data=data,
+                headers={"Content-Type": "image/png"},
+            )
+        elif i % 3 == 1:  # raw image; the mix in headers
+            headers = {"Content-Type": "image/png", "X-RWS-Top-K": str(k)}
+            if mix is not None:
+                headers["X-RWS-Signatures"] = (
+                    mix
+                    if isinstance(mix, str)
+                    else ",".join(
+                        mix if isinstance(mix, list) else [f"{n}:{a}" for n, a in mix.items()]
+                    )
+                )
+            r = s.post(server.inference_url, data=data, headers=headers)
+        else:
+            body = {"image": base64.b64encode(data).decode(), "signatures": mix, "top_k": k}
+            r = s.post(server.inference_url, json=body)
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, jobs))
+    batch_sizes = []
+    for (_i, data, mix, k), (status, answer) in zip(jobs, results, strict=True):
+        assert status == 200, answer
+        assert answer["model"] == "tiny"
+        assert len(answer["predictions"]) == k
+        assert_same(answer, expected(engine, data, mix, k))
+        batch_sizes.append(answer["batch_size"])
+    assert max(batch_sizes) > 1, f"no batching happened: {batch_sizes}"
+
+
+def test_errors_are_per_request(server, engine):
+    good = png(1000)
+    bad_bodies = [
+        ({"image": "not base64!"}, 400, "base64"),
+        ({"image": base64.b64encode(b"plain text").decode()}, 400, "not an image"),
+        ({"image": base64.b64encode(good).decode(), "signatures": {"snow": 1}}, 400, "known:"),
+        ({"image": base64.b64encode(good).decode(), "signatures": {"fog": 9.0}}, 400, "maximum"),
+        ({"image": base64.b64encode(good).decode(), "signatures": {"fog": -1}}, 400, "negative"),
+        ({"image": base64.b64encode(good).decode(), "top_k": 0}, 400, "top_k"),
+        ({"image": base64.b64encode(good[:100]).decode()}, 400, "truncated"),
+    ]
+    jobs = []
+    for _ in range(4):  # 56 requests: whole waves of 8 clients
+        for item in bad_bodies:
+            jobs.append(("bad", item))
+            jobs.append(("good", ({"image": base64.b64encode(good).decode(), "top_k": 2}, 200, "")))
+    barrier = threading.Barrier(8)
+
+    def send(job):
+        kind, (body, _, _) = job
+        s = session(server)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+        r = s.post(server.inference_url, json=body)
+        return r.status_code, r.headers.get("Content-Type", ""), r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, jobs))
+    want_good = expected(engine, good, None, 2)
+    mixed_batches = 0
+    for (kind, (_, status, text)), (got, _ctype, answer) in zip(jobs, results, strict=True):
+        if kind == "good":
+            assert got == 200, answer
+            assert_same(answer, want_good)
+        else:
+            assert got == status, answer
+            assert text in answer["error"] and answer["status"] == status
+            mixed_batches += answer["batch_size"] > 1
+    assert mixed_batches > 0, "no bad request shared a batch with others"
+    # a raw body with an unsupported type, and an empty one
+    s = session(server)
+    r = s.post(server.inference_url, data=b"hello", headers={"Content-Type": "application/xml"})
+    assert r.status_code == 415 and "Content-Type" in r.json()["error"]
+    r = s.post(server.inference_url, data=b"", headers={"Content-Type": "image/png"})
+    assert 400 <= r.status_code < 500
+    # the worker survived all of that and still answers correctly
+    r = s.post(server.inference_url, json={"image": base64.b64encode(good).decode(), "top_k": 2})
+    assert r.status_code == 200 and server.status() == "READY"
+    assert_same(r.json(), want_good)
+
+
+def test_token_auth(server):
+    body = {"image": base64.b64encode(png(7)).decode()}
+    r = requests.post(server.inference_url, json=body, timeout=30)
+    assert r.status_code in (400, 401, 403) and "Token" in r.text
+    r = requests.post(
+        server.inference_url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=30
+    )
+    assert r.status_code in (400, 401, 403)
+    r = requests.get(f"{server.opts.inference_url}/ping", timeout=30)
+    assert r.status_code != 200
+    keys = server.keys()
+    assert set(keys) >= {"inference", "management"}
+    r = requests.post(
+        server.inference_url,
+        json=body,
+        headers={"Authorization": f"Bearer {keys['inference']}"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and "predictions" in r.json()
+
+
+def test_describe_lists_signatures(server):
+    r = requests.get(
+        f"{server.opts.management_url}/models/tiny",
+        params={"customized": "true"},
+        headers=server.headers("management"),
+        timeout=30,
+    )
+    assert r.status_code == 200
+    meta = r.json()[0]["customizedMetadata"]
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    assert [s["name"] for s in meta["signatures"]] == list(NAMES)
+    assert meta["signatures"][1]["default_alpha"] == 0.75
+    assert meta["max_alpha"] == 3.0 and meta["refused"] == {}
+    assert r.json()[0]["batchSize"] == 8
+
+
+def test_kservev2_envelope_via_cli(folder, engine, tmp_path):
+    port, mport, xport, gport = free_ports(4)
+    run_dir = tmp_path / "kserve"
+    argv = ["serve", str(folder), "--run-dir", str(run_dir), "--name", "tiny2", "--kservev2"]
+    argv += ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(xport)]
+    argv += ["--grpc-port", str(gport), "--resident", "codes"]
+    assert rws_main(argv + ["--timeout", "180"]) == 0
+    srv = serving.Server.attach(run_dir)
+    assert srv is not None
+    java = srv.java_pid()
+    try:
+        data = [png(50), png(51)]
+        body = {
+            "id": "req-1",
+            "inputs": [
+                {
+                    "name": "first",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(data[0]).decode()],
+                    "parameters": {"signatures": "fog:0.5,contrast:1", "top_k": 3},
+                },
+                {
+                    "name": "second",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [{"image": base64.b64encode(data[1]).decode(), "signatures": ["fog"]}],
+                },
+            ],
+        }
+        url = f"http://127.0.0.1:{port}/v2/models/tiny2/infer"
+        r = requests.post(url, json=body, headers=srv.headers(), timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["id"] == "req-1" and out["model_name"] == "tiny2"
+        assert [o["name"] for o in out["outputs"]] == ["first", "second"]
+        assert_same(
+            out["outputs"][0]["data"][0], expected(engine, data[0], "fog:0.5,contrast:1", 3)
+        )
+        assert_same(out["outputs"][1]["data"][0], expected(engine, data[1], ["fog"], 5))
+        body["inputs"][0]["parameters"] = {"signatures": "snow:1"}
+        r = requests.post(url, json=body, headers=srv.headers(), timeout=60)
+        assert r.status_code == 400
+        assert "unknown signature 'snow'" in r.json()["outputs"][0]["data"][0]["error"]
+        r = requests.get(
+            f"{srv.opts.management_url}/models/tiny2",
+            params={"customized": "true"},
+            headers=srv.headers("management"),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        meta = r.json()[0]["customizedMetadata"]
+        assert (json.loads(meta) if isinstance(meta, str) else meta)["resident"] == "codes"
+        # a body the envelope cannot parse is the client's error: 400 with a message
+        for bad in (b"not json", b'{"id": "x"}', b'{"inputs": [{"name": "a"}]}'):
+            r = requests.post(url, data=bad, headers=srv.headers(), timeout=60)
+            assert r.status_code == 400, (bad, r.status_code, r.text)
+            assert "not a KServe v2 inference request" in r.text
+        r = requests.post(url, json=body | {"inputs": body["inputs"][1:]}, headers=srv.headers())
+        assert r.status_code == 200, r.text  # and the worker still answers
+    finally:
+        assert rws_main(["serve", "--stop", "--run-dir", str(run_dir)]) == 0
+    assert java is not None and not serving._pid_alive(java)
+    assert serving.Server.attach(run_dir) is None

@@ -1,0 +1,288 @@
+"""Engine: per-image mixes in one batch equal one-at-a-time in-place patching."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from rws_hub.archs.models import CIFAR10_CLASSES, create_model
+from rws_hub.core.mix import Mix
+from rws_hub.core.patching import patch
+from rws_hub.core.signature import Signature
+from rws_hub.errors import InvalidMixError, RequestError, SignatureMismatchError
+from rws_hub.inference.engine import Engine
+
+NAMES = ("gaussian_noise", "fog", "contrast", "pixelate")
+ATOL = 1e-4
+
+
+def tiny_signatures(model: torch.nn.Module, k: int = 3, seed: int = 0) -> dict[str, Signature]:
+    """Random deltas on the first ``k`` conv layers (weight and bias); one layer fewer for the
+    last signature, so signatures touch different sets of tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    sd = model.state_dict()
+    sigs = {}
+    for i, name in enumerate(NAMES):
+        layers = convs[: k - 1] if i == len(NAMES) - 1 else convs[:k]
+        tensors = {}
+        for layer in layers:
+            for t in ("weight", "bias"):
+                ref = sd[f"{layer}.{t}"]
+                scale = 0.3 * (ref.std() if ref.numel() > 1 and ref.std() > 0 else 0.05)
+                tensors[f"{layer}.{t}"] = torch.randn(ref.shape, generator=gen) * scale + 0.01
+        sigs[name] = Signature(name, tensors, layers=len(layers), default_alpha=0.5 + 0.25 * i)
+    return sigs
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[torch.nn.Module, dict[str, Signature]]:
+    torch.manual_seed(0)
+    model = create_model("vgg16_cifar", width=0.125).eval()
+    # Non-zero biases so bias deltas matter as much as weight deltas.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.normal_(0, 0.05)
+    return model, tiny_signatures(model)
+
+
+@pytest.fixture(scope="module")
+def engine(setup) -> Engine:
+    model, sigs = setup
+    return Engine(model, sigs, classes=CIFAR10_CLASSES, device="cpu")
+
+
+def reference(model, sigs, images, mixes) -> torch.Tensor:
+    """Each image alone through the model patched in place with rws_hub.core.patching.patch."""
+    outs = []
+    with torch.no_grad():
+        for img, mix in zip(images, mixes, strict=True):
+            with patch(model, Mix(mix or {}), signatures=sigs):
+                outs.append(model(img[None]))
+    return torch.cat(outs)
+
+
+def random_mixes(n: int, seed: int) -> list[dict[str, float]]:
+    rng = random.Random(seed)
+    mixes = []
+    for _ in range(n):
+        names = rng.sample(NAMES, rng.randint(0, 3))
+        mixes.append({name: round(rng.uniform(0.1, 2.0), 3) for name in names})
+    return mixes
+
+
+def test_batch_matches_one_at_a_time_patching(setup, engine):
+    model, sigs = setup
+    images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mixes = random_mixes(20, seed=2)
+    # duplicates, empty mixes, a zero alpha, and a list of names (default alphas)
+    mixes += [mixes[0], {}, {"fog": 0.0}, ["fog", "contrast"]]
+    want = reference(model, sigs, images, [engine.parse_mix(m) for m in mixes])
+    got = engine.predict(images, mixes)
+    assert got.shape == (24, 10)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+    # and the patches really change the answers (the test can fail)
+    clean = engine.predict(images, [None] * 24)
+    assert (clean - got).abs().amax(dim=1)[:20].max() > 1e-3
+
+
+def test_mix_forms_and_defaults(setup, engine):
+    model, sigs = setup
+    images = torch.rand(1, 3, 32, 32).expand(4, 3, 32, 32)
+    forms = [["fog"], "fog", {"fog": sigs["fog"].default_alpha}, Mix({"fog": 0.75})]
+    out = engine.predict(images, forms)
+    torch.testing.assert_close(out[0], out[1])
+    torch.testing.assert_close(out[0], out[2])
+    torch.testing.assert_close(out[0], out[3])
+    # a single mix for the whole batch
+    torch.testing.assert_close(engine.predict(images, "fog:0.75"), out)
+
+
+def test_single_group_and_clean_paths(setup, engine):
+    model, sigs = setup
+    images = torch.rand(6, 3, 32, 32)
+    mix = {"gaussian_noise": 1.5, "pixelate": 0.5}
+    want = reference(model, sigs, images, [Mix(mix)] * 6)
+    torch.testing.assert_close(engine.predict(images, [mix] * 6), want, atol=ATOL, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(engine.predict(images), model(images), atol=ATOL, rtol=1e-4)
+
+
+def test_threads_equal_serial(engine):
+    jobs = []
+    for i in range(12):
+        gen = torch.Generator().manual_seed(100 + i)
+        jobs.append((torch.rand(8, 3, 32, 32, generator=gen), random_mixes(8, seed=100 + i)))
+    serial = [engine.predict(x, m) for x, m in jobs]
+    barrier = threading.Barrier(4)
+
+    def run(job):
+        barrier.wait() if job[2] < 4 else None
+        return engine.predict(job[0], job[1])
+
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(run, [(x, m, i) for i, (x, m) in enumerate(jobs)]))
+    for a, b in zip(serial, concurrent, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_weights_stay_clean_after_errors(engine):
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    with pytest.raises(RuntimeError):
+        engine.predict(torch.rand(3, 4, 32, 32), [{"fog": 1.0}, {}, {"contrast": 2.0}])
+    with pytest.raises(InvalidMixError, match="unknown signature 'snow'.*known: contrast, fog"):
+        engine.predict(torch.rand(2, 3, 32, 32), [{"fog": 1.0}, {"snow": 1.0}])
+    for bad in ({"fog": float("nan")}, {"fog": float("inf")}, {"fog": -1.0}, {"fog": True}):
+        with pytest.raises(InvalidMixError):
+            engine.predict(torch.rand(1, 3, 32, 32), [bad])
+    after = engine.model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    # the routing plan never leaks into the next call on this thread
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        base = Engine(engine.model, {}, device="cpu").predict(x)
+    torch.testing.assert_close(engine.predict(x), base, atol=0, rtol=0)
+
+
+def test_callers_model_untouched(setup):
+    model, sigs = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eng = Engine(model, sigs, device="cpu")
+    eng.predict(torch.rand(4, 3, 32, 32), random_mixes(4, seed=5))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(type(m).__name__.startswith("_Routed") for m in model.modules())
+    assert list(eng.model.state_dict()) == list(model.state_dict())
+    assert sum(type(m).__name__ == "_RoutedConv2d" for m in eng.model.modules()) == 3
+
+
+def test_limits_and_auto_hook(setup):
+    model, sigs = setup
+    eng = Engine(model, sigs, device="cpu", max_alpha=2.0, allow_negative=True)
+    with pytest.raises(InvalidMixError, match="above the maximum"):
+        eng.parse_mix({"fog": 2.5})
+    assert eng.parse_mix({"fog": -1.0}) == Mix({"fog": -1.0})
+    with pytest.raises(RequestError, match="auto") as info:
+        eng.predict(torch.rand(2, 3, 32, 32), ["auto", {}])
+    assert info.value.status == 400
+
+    def detector(images):
+        return [{"fog": 1.0} if float(img.mean()) > 0.5 else {} for img in images]
+
+    eng_auto = Engine(model, sigs, device="cpu", detector=detector)
+    x = torch.stack([torch.full((3, 32, 32), 0.8), torch.full((3, 32, 32), 0.2)])
+    answers = eng_auto.classify(x, ["auto", "auto"], top_k=2)
+    assert answers[0]["mix"] == {"fog": 1.0} and answers[0]["auto"] is True
+    assert answers[1]["mix"] == {}
+    torch.testing.assert_close(
+        eng_auto.predict(x, ["auto", "auto"]), eng_auto.predict(x, [{"fog": 1.0}, {}])
+    )
+
+
+def test_classify(engine):
+    x = torch.rand(3, 3, 32, 32)
+    answers = engine.classify(x, [{"fog": 1.0}, None, "contrast"], top_k=[3, 20, 1])
+    assert [len(a["predictions"]) for a in answers] == [3, 10, 1]
+    assert answers[0]["mix"] == {"fog": 1.0}
+    assert answers[1]["mix"] == {}
+    assert answers[2]["mix"] == {"contrast": 1.0}  # default alpha of "contrast"
+    probs = [p["probability"] for p in answers[1]["predictions"]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
+    assert {p["class"] for p in answers[1]["predictions"]} == set(CIFAR10_CLASSES)
+    logits = engine.predict(x, [{"fog": 1.0}, None, "contrast"])
+    assert answers[0]["predictions"][0]["class"] == CIFAR10_CLASSES[int(logits[0].argmax())]
+
+
+def test_cache_is_bounded_and_reused(setup):
+    model, sigs = setup
+    one_mix = sum(t.numel() * 4 for t in sigs["fog"].tensors.values())
+    eng = Engine(model, sigs, device="cpu", cache_bytes=int(one_mix * 2.5))
+    x = torch.rand(1, 3, 32, 32)
+    for a in (0.1, 0.2, 0.3, 0.4):
+        eng.predict(x, [{"fog": a}])
+    assert eng.cache_info()["entries"] == 0  # a mix seen once is not kept
+    for a in (0.1, 0.2, 0.3, 0.4):
+        eng.predict(x, [{"fog": a}])  # second sighting: admitted, LRU-bounded
+    info = eng.cache_info()
+    assert info["entries"] == 2 and info["bytes"] <= info["max_bytes"]
+    eng.predict(x, [{"fog": 0.4}])
+    assert eng.cache_info()["hits"] == 1
+    mem = eng.memory_bytes()
+    assert mem["cache"] == info["bytes"] and mem["total"] == sum(
+        v for k, v in mem.items() if k != "total"
+    )
+    backbone = sum(t.numel() * 4 for t in model.state_dict().values())
+    assert mem["backbone"] == backbone
+
+
+def test_signature_mismatch(setup):
+    model, _ = setup
+    with pytest.raises(SignatureMismatchError, match="does not have"):
+        Engine(model, [Signature("x", {"features.99.weight": torch.zeros(1)})], device="cpu")
+    w = model.state_dict()["features.0.weight"]
+    with pytest.raises(SignatureMismatchError, match="shape"):
+        Engine(
+            model, [Signature("x", {"features.0.weight": torch.zeros(w.shape[0])})], device="cpu"
+        )
+    with pytest.raises(SignatureMismatchError, match="Conv2d and Linear"):
+        Engine(model, [Signature("x", {"normalize.mean": torch.zeros(1, 3, 1, 1)})], device="cpu")
+
+
+def test_describe(engine):
+    info = engine.describe()
+    assert [s["name"] for s in info["signatures"]] == list(NAMES)
+    assert info["classes"] == list(CIFAR10_CLASSES)
+    fog = info["signatures"][1]
+    assert fog["default_alpha"] == 0.75 and fog["layers"] == 3
+    assert info["patched_layers"] == ["features.0", "features.2", "features.5"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_matches_cpu(setup, dtype):
+    model, sigs = setup
+    x = torch.rand(16, 3, 32, 32)
+    mixes = random_mixes(16, seed=9)
+    cpu = Engine(model, sigs, device="cpu").predict(x, mixes)
+    gpu = Engine(model, sigs, device="cuda", dtype=dtype).predict(x, mixes).cpu()
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(gpu, cpu, atol=tol, rtol=tol)
+
+
+def test_resident_codes_equal_float_and_hold_a_quarter(setup):
+    model, sigs = setup
+    quant = {
+        "gaussian_noise": sigs["gaussian_noise"].quantize(8, granularity="channel"),
+        "fog": sigs["fog"].quantize(4, granularity="tensor"),
+        "contrast": sigs["contrast"].quantize(8, granularity="tensor"),
+        "pixelate": sigs["pixelate"].quantize(8, scheme="log"),  # log: stays fp32
+    }
+    flt = Engine(model, quant, device="cpu", cache_bytes=0)
+    cod = Engine(model, quant, device="cpu", cache_bytes=0, resident="codes")
+    x = torch.rand(12, 3, 32, 32)
+    mixes = random_mixes(12, seed=5)
+    # the same float operations: bitwise equal answers
+    assert torch.equal(flt.predict(x, mixes), cod.predict(x, mixes))
+    torch.testing.assert_close(
+        cod.predict(x, mixes), reference(model, quant, x, mixes), atol=ATOL, rtol=ATOL
+    )
+    mem_f, mem_c = flt.memory_bytes()["signatures"], cod.memory_bytes()["signatures"]
+    log_bytes = 4 * quant["pixelate"].numel
+    assert (mem_c - log_bytes) < 0.27 * (mem_f - log_bytes)
+    # the signatures view rebuilds what was loaded (values and codes)
+    view = cod.signatures
+    for name, sig in quant.items():
+        for t, v in sig.tensors.items():
+            assert torch.equal(view[name].tensors[t], v)
+        assert view[name].quantization == sig.quantization
+    assert view["fog"].codes is not None and view["pixelate"].codes is None
+    assert view["fog"].nbytes == quant["fog"].nbytes
+    assert cod.describe()["signatures"] == flt.describe()["signatures"]
+    with pytest.raises(ValueError, match="resident"):
+        Engine(model, quant, device="cpu", resident="int8")

@@ -1,0 +1,58 @@
+"""The zoo pipeline end to end on tiny data: train → extract → evaluate → export → load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("rws_hub.datasets.corruptions")
+pytest.importorskip("rws_hub.io.folder")
+
+from rws_hub.cli import main as rws  # noqa: E402
+from rws_hub.io.folder import ModelFolder  # noqa: E402
+from rws_hub.zoo.pipeline import ZooBuilder, ZooSpec  # noqa: E402
+
+
+def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
+    spec = ZooSpec(
+        name="tiny",
+        data=str(tiny_cifar),
+        work=str(tmp_path / "work"),
+        export=str(tmp_path / "folder"),
+        width=0.125,
+        pretrain_epochs=1,
+        clean_epochs=0.5,
+        robust_epochs=0.5,
+        corruptions=["gaussian_noise", "contrast"],
+        eval_limit=64,
+    )
+    ZooBuilder(spec, progress=False).run()
+    folder = ModelFolder.load(spec.export)
+    assert sorted(folder.signature_names()) == ["contrast", "gaussian_noise"]
+    assert not folder.refused
+    m = folder.config["metrics"]
+    assert set(m["corruptions"]) == {"gaussian_noise", "contrast"}
+    assert 0 <= m["clean_accuracy"] <= 1 and m["test_images"] == 64
+    assert all(0 <= v <= 1 for row in m["corruptions"].values() for v in row.values())
+    sig = folder.signatures["gaussian_noise"]
+    assert sig.layers == 7 and len(sig.tensors) == 14  # weight + bias of 7 conv layers
+    assert sig.quantization and sig.quantization["bits"] == 8
+    # a second run finds every step done and changes nothing
+    manifest = (Path(spec.export) / "manifest.json").read_text()
+    ZooBuilder(spec, progress=False).run(("pretrain", "clean", "robust", "extract", "evaluate"))
+    assert (Path(spec.export) / "manifest.json").read_text() == manifest
+    # another test-set size measures again and keeps the earlier measurement aside
+    spec.eval_limit = 32
+    ZooBuilder(spec, progress=False).run(("evaluate", "export"))
+    assert (Path(spec.work) / "eval-64.json").is_file()
+    assert ModelFolder.load(spec.export).config["metrics"]["test_images"] == 32
+    # the backbone of the folder is the clean fine-tuned model
+    x = torch.rand(2, 3, 32, 32)
+    assert folder.model(x).shape == (2, 10)
+
+
+def test_zoo_cli_refuses_unknown_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    assert rws(["zoo", "build", "--steps", "pretrain,bake"]) == 2
+    assert "bake" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""Training: schedules, batches, and the exact resume of a stopped run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rws_hub.datasets.arrays import load_images
+from rws_hub.zoo.training import TrainConfig, augment_batch, lr_at, make_batch, train
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        stage="pretrain",
+        data=str(data),
+        out=str(out),
+        width=0.125,
+        epochs=2,
+        batch_size=32,
+        lr=0.02,
+        schedule="onecycle",
+        eval_limit=64,
+        checkpoint_every=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_schedules_shape() -> None:
+    cfg = TrainConfig(lr=0.1, schedule="step", milestones=[0.5])
+    assert lr_at(cfg, 0, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 60, 100) == pytest.approx(0.01)
+    cfg.schedule = "cosine"
+    assert lr_at(cfg, 0, 100) == pytest.approx(0.1) and lr_at(cfg, 100, 100) == pytest.approx(0)
+    cfg.schedule = "onecycle"
+    peak = max(lr_at(cfg, s, 100) for s in range(100))
+    assert peak == pytest.approx(0.1, rel=0.05) and lr_at(cfg, 99, 100) < 0.01
+
+
+def test_augment_is_crop_and_flip() -> None:
+    x = torch.rand(16, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, g)
+    assert out.shape == x.shape
+    # every output image is a shifted (possibly flipped) window of its zero-padded input
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(16):
+        found = any(
+            torch.equal(out[i], w) or torch.equal(out[i], w.flip(2))
+            for dy in range(9)
+            for dx in range(9)
+            for w in [padded[i, :, dy : dy + 32, dx : dx + 32]]
+        )
+        assert found
+
+
+def test_invalid_configs_are_refused(tiny_cifar: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="corruption"):
+        train(_cfg(tiny_cifar, tmp_path, stage="robust", init="x.safetensors"))
+    with pytest.raises(ValueError, match="--init"):
+        train(_cfg(tiny_cifar, tmp_path, stage="clean"))
+
+
+def test_two_epochs_learn_and_resume_exactly(tiny_cifar: Path, tmp_path: Path) -> None:
+    whole = train(_cfg(tiny_cifar, tmp_path / "a"), progress=False)
+    assert whole is not None
+    log = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["epoch"] == pytest.approx(2.0)
+    assert "test_acc" in log[-1]
+
+    # the same run, stopped mid-epoch twice, then resumed: bitwise the same weights
+    cfg = _cfg(tiny_cifar, tmp_path / "b")
+    assert train(cfg, progress=False, max_steps=5) is None
+    assert train(cfg, progress=False, resume=True, max_steps=6) is None
+    resumed = train(cfg, progress=False, resume=True)
+    a, b = load_file(str(whole)), load_file(str(resumed))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_configuration(tiny_cifar: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_cifar, tmp_path)
+    train(cfg, progress=False, max_steps=2)
+    cfg.lr = 0.5
+    with pytest.raises(ValueError, match="different configuration"):
+        train(cfg, progress=False, resume=True)
+
+
+def test_robust_batches_corrupt_the_given_share(tiny_cifar: Path) -> None:
+    pytest.importorskip("rws_hub.datasets.corruptions")
+    data = load_images(tiny_cifar, "train")
+    cfg = TrainConfig(
+        stage="robust",
+        corruption="gaussian_noise",
+        corrupt_fraction=0.5,
+        augment=False,
+        init="unused",
+    )
+    idx = torch.arange(32)
+    x, y = make_batch(cfg, data, idx, torch.Generator().manual_seed(0))
+    clean = data.x[idx].float() / 255
+    changed = (x - clean).abs().flatten(1).amax(1) > 1e-6
+    assert changed[:16].all() and not changed[16:].any()
+    assert torch.equal(y, data.y[idx])
