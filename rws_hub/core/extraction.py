@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from rws_hub.core.formats import as_state_dict
 from rws_hub.core.layers import shallow_params
 from rws_hub.core.lineage import fingerprint
 from rws_hub.core.signature import Signature
 from rws_hub.errors import SignatureMismatchError
-from rws_hub.io.files import as_state_dict
 
 __all__ = ["extract", "project"]
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rws_hub.core.formats import read
+
 __all__ = ["shallow_params", "conv_layers"]
 
 
@@ -123,9 +125,7 @@ def shallow_params(
         names = [n for m in selected for n in _names_for(m, modules[m])]
     else:
         if isinstance(model_or_state_dict, (str, os.PathLike)):
-            from rws_hub.io.files import load_state_dict
-
-            sd: Mapping[str, torch.Tensor] = load_state_dict(model_or_state_dict)
+            sd: Mapping[str, torch.Tensor] = read("state_dict", model_or_state_dict)
         elif isinstance(model_or_state_dict, Mapping):
             sd = model_or_state_dict
         else:

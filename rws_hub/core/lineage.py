@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rws_hub.core.formats import as_state_dict
+
 __all__ = ["fingerprint", "digest_tensors"]
 
 
@@ -49,17 +51,11 @@ def fingerprint(
     come from an ``nn.Module``, its state dict, or a ``.safetensors`` file written from it;
     changing any single value changes it.
     """
-    if isinstance(state_dict_or_module, nn.Module):
-        sd: Mapping[str, torch.Tensor] = state_dict_or_module.state_dict()
-    elif isinstance(state_dict_or_module, (str, os.PathLike)):
-        from rws_hub.io.files import load_state_dict
-
-        sd = load_state_dict(state_dict_or_module)
-    elif isinstance(state_dict_or_module, Mapping):
-        sd = state_dict_or_module
-    else:
+    try:
+        sd = as_state_dict(state_dict_or_module)
+    except TypeError:
         raise TypeError(
             "fingerprint() takes a state dict, an nn.Module or a .safetensors path, "
             f"not {type(state_dict_or_module).__name__}"
-        )
+        ) from None
     return "sha256:" + digest_tensors(sd).hexdigest()[:16]

@@ -9,7 +9,7 @@ from typing import Any
 
 from rws_hub.errors import InvalidMixError
 
-__all__ = ["Mix", "format_alpha"]
+__all__ = ["Mix", "format_alpha", "as_alpha"]
 
 _FORBIDDEN_IN_NAMES = ",:"
 
@@ -20,7 +20,9 @@ def format_alpha(alpha: float) -> str:
     return short if float(short) == alpha else repr(float(alpha))
 
 
-def _as_alpha(name: str, value: Any) -> float:
+def as_alpha(name: str, value: Any) -> float:
+    """``value`` as a float alpha: numbers, numpy scalars and 0-d tensors; never bools or
+    strings (``InvalidMixError`` naming the signature otherwise). Finiteness is not checked."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         # 0-d tensors and numpy scalars are Real-like enough if they convert cleanly
         if hasattr(value, "item") and not isinstance(value, (str, bytes)):
@@ -66,7 +68,7 @@ def _checked(
         if known is not None and name not in known:
             listing = ", ".join(sorted(known)) if known else "none are loaded"
             raise InvalidMixError(f"unknown signature {name!r}; known: {listing}")
-        alpha = _as_alpha(name, value)
+        alpha = as_alpha(name, value)
         if not math.isfinite(alpha):
             raise InvalidMixError(f"alpha for {name!r} must be finite, got {alpha}")
         if alpha < 0 and not allow_negative:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rws_hub.core.mix import Mix, _as_alpha
+from rws_hub.core.deltas import DenseDelta, patched_value
+from rws_hub.core.mix import Mix, as_alpha
 from rws_hub.core.signature import Signature
 from rws_hub.errors import InvalidMixError, SignatureMismatchError
 
@@ -33,7 +34,7 @@ _STACK_ATTR = "_rws_applied"
 
 
 def _alpha(label: str, value: Any) -> float:
-    a = _as_alpha(label, value)  # numbers, numpy scalars, 0-d tensors; not bools or strings
+    a = as_alpha(label, value)  # numbers, numpy scalars, 0-d tensors; not bools or strings
     if not math.isfinite(a):
         raise InvalidMixError(f"alpha for {label!r} must be finite, got {a}")
     return a
@@ -137,18 +138,11 @@ def _check(
 def _patched_value(
     t: torch.Tensor, name: str, pairs: list[tuple[Signature, float]]
 ) -> torch.Tensor:
-    """``t + Σ α·v[name]`` as a new tensor, accumulated in fp32 (fp64 for fp64 models). The
-    in-place and functional paths both use this, so they agree bitwise."""
-    acc_dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-    delta: torch.Tensor | None = None
-    for sig, a in pairs:
-        v = sig.tensors.get(name)
-        if v is None:
-            continue
-        term = v.to(device=t.device, dtype=acc_dtype) * a
-        delta = term if delta is None else delta + term
-    assert delta is not None
-    return (t.detach().to(acc_dtype) + delta).to(t.dtype)
+    """``t + Σ α·v[name]`` by :func:`rws_hub.core.deltas.patched_value`, the kernel the engine
+    uses too (so the in-place, functional and served weights agree bitwise)."""
+    # terms in signature-name order: the order a Mix iterates in, which the engine uses
+    ordered = sorted((p for p in pairs if name in p[0].tensors), key=lambda p: p[0].name)
+    return patched_value(t.contiguous(), [(DenseDelta(s.tensors[name]), a) for s, a in ordered])
 
 
 def patched_tensors(
@@ -282,36 +276,62 @@ def apply(
     """Apply a long-lived patch (same arguments and checks as :func:`patch`).
 
     Patches stack: each call adds its mix on top and remembers the tensors it changed;
-    :func:`remove` takes them all off, restoring the weights bitwise. Returns
-    :func:`active_mix` after applying.
+    :func:`remove` takes them all off, or one signature by name, restoring the weights bitwise.
+    Returns :func:`active_mix` after applying.
     """
     pairs, originals = _apply_pairs(model, mix, signatures, force)
-    stack: list[tuple[list[tuple[str, float]], dict[str, torch.Tensor]]] = (
-        getattr(model, _STACK_ATTR, None) or []
-    )
-    stack.append(([(s.name, a) for s, a in pairs], originals))
+    stack = _stack(model)
+    stack.append((pairs, originals))
     object.__setattr__(model, _STACK_ATTR, stack)
     return active_mix(model)
 
 
-def remove(model: nn.Module) -> int:
-    """Take off every patch :func:`apply` added (last first), restoring the weights bitwise.
-    Returns how many patches were removed (0 when none was applied)."""
-    stack = getattr(model, _STACK_ATTR, None) or []
+def _stack(
+    model: nn.Module,
+) -> list[tuple[list[tuple[Signature, float]], dict[str, torch.Tensor]]]:
+    return getattr(model, _STACK_ATTR, None) or []
+
+
+def remove(model: nn.Module, name: str | None = None) -> int:
+    """Take patches off that :func:`apply` added, restoring the weights bitwise.
+
+    ``name=None`` takes every patch off (last first) and returns how many there were (0 when
+    none was applied). ``remove(model, "fog")`` takes off one signature only and returns how
+    many times it had been applied: the touched tensors are restored to their clean values and
+    the remaining signatures added again, so the result is bitwise what applying only the
+    remaining ones to the clean model gives. An unknown name raises ``InvalidMixError``.
+    """
+    stack = _stack(model)
     targets = _model_targets(model)
-    count = len(stack)
+    if name is None:
+        count = len(stack)
+        while stack:
+            _, originals = stack.pop()
+            _restore(targets, originals)
+        object.__setattr__(model, _STACK_ATTR, [])
+        return count
+    dropped = sum(1 for pairs, _ in stack for s, _ in pairs if s.name == name)
+    if not dropped:
+        applied = ", ".join(active_mix(model)) or "none"
+        raise InvalidMixError(
+            f"signature {name!r} is not applied to this model; applied: {applied}"
+        )
+    kept = [[(s, a) for s, a in pairs if s.name != name] for pairs, _ in stack]
     while stack:
         _, originals = stack.pop()
         _restore(targets, originals)
     object.__setattr__(model, _STACK_ATTR, [])
-    return count
+    for pairs in kept:  # the other patches again, in their order (checked when first applied)
+        if pairs:
+            apply(model, dict(pairs), force=True)
+    return dropped
 
 
 def active_mix(model: nn.Module) -> Mix:
     """The signatures :func:`apply` has put on ``model``, alphas summed per name (empty when
     the model is clean; patches inside a :func:`patch` block are not counted)."""
     totals: dict[str, float] = {}
-    for entries, _ in getattr(model, _STACK_ATTR, None) or []:
-        for name, a in entries:
-            totals[name] = totals.get(name, 0.0) + a
+    for pairs, _ in _stack(model):
+        for sig, a in pairs:
+            totals[sig.name] = totals.get(sig.name, 0.0) + a
     return Mix(totals)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rws_hub.core.formats import read, write
 from rws_hub.core.quantization import QuantizedTensor, check_options, quantize_tensor
 from rws_hub.errors import SignatureMismatchError
 
@@ -217,18 +218,16 @@ class Signature:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the signature as one ``.safetensors`` file (see docs/format.md)."""
-        from rws_hub.io.files import save_signature
-
-        save_signature(self, path)
+        """Write the signature as one ``.safetensors`` file (see docs/format.md; the writer is
+        :func:`rws_hub.io.files.save_signature`)."""
+        write("signature", self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Signature:
         """Read a signature file written by :meth:`save`; checks it and dequantizes. Never
-        unpickles: a pickle, truncated, tampered or foreign file raises ``ArtifactError``."""
-        from rws_hub.io.files import load_signature
-
-        return load_signature(path, device=device)
+        unpickles: a pickle, truncated, tampered or foreign file raises ``ArtifactError``
+        (the reader is :func:`rws_hub.io.files.load_signature`)."""
+        return read("signature", path, device=device)
 
     # -- algebra --------------------------------------------------------------------------
     def _check_compatible(self, other: Signature) -> None:

@@ -8,14 +8,18 @@ at once:
   signature patches becomes a *routing* layer (same parameters and names, a forward that knows
   about groups of rows); every other layer is unchanged;
 * a ``predict`` call groups the images by mix (rows of a group made contiguous), fetches each
-  group's patched weights (``base + sum(alpha * delta)``, the sum of
-  :func:`rws_hub.core.patching.patched_tensors`) from an LRU cache bounded in bytes, and publishes that
-  plan in a *thread-local* slot;
+  group's patched weights (``base + sum(alpha * delta)`` by
+  :func:`rws_hub.core.deltas.patched_value`, the kernel :func:`rws_hub.patch` uses) from an
+  LRU cache bounded in bytes, and publishes that plan in a *thread-local* slot;
 * a routing layer runs its conv once per group on that group's rows with the group's weights
   (clean rows use the base weights); the unpatched deep layers run once for the whole batch.
 
-The results equal running each image alone through a model patched in place with
-:func:`rws_hub.core.patching.patch`, within float tolerance. This module imports no serving framework.
+The patched weights equal those of a model patched in place with :func:`rws_hub.patch`
+bitwise (same kernel, same layout, signatures in name order); the logits equal running each
+image alone through such a model up to the batch composition's effect on the convolution
+algorithms (float rounding). Signatures can be added and dropped while serving
+(:meth:`Engine.add_signature`, :meth:`Engine.drop_signature`). This module imports no serving
+framework.
 """
 
 from __future__ import annotations
@@ -27,18 +31,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rws_hub.core.deltas import Delta, DenseDelta, QuantizedDelta, patched_value
 from rws_hub.core.mix import Mix
-from rws_hub.errors import RequestError, SignatureMismatchError
-
-if TYPE_CHECKING:
-    from rws_hub.core.signature import Signature
-    from rws_hub.io.folder import ModelFolder
+from rws_hub.core.signature import Signature
+from rws_hub.detect.detector import auto_patcher_from_folder
+from rws_hub.errors import InvalidMixError, RequestError, RWSError, SignatureMismatchError
+from rws_hub.io.folder import ModelFolder
 
 __all__ = ["AUTO", "Detector", "Engine", "MixLike", "default_device"]
 
@@ -107,7 +111,8 @@ class _Routing:
         outs = []
         for (start, stop), group in zip(plan.bounds, plan.weights, strict=True):
             rows = x if single else x[start:stop]
-            patched = group[self._rws_slot]
+            # a slot routed after this plan was made (a signature added live) uses base weights
+            patched = group[self._rws_slot] if self._rws_slot < len(group) else None
             if patched is None:
                 outs.append(super().forward(rows))  # type: ignore[misc]
             else:
@@ -213,51 +218,6 @@ class _WeightCache:
 # the engine
 
 
-class _Codes:
-    """A linearly quantized delta held as int8 codes in its base's layout (int4 unpacked) plus
-    fp32 per-group scale and offset; :meth:`dequantize` repeats
-    :meth:`~rws_hub.core.quantization.QuantizedTensor.dequantize`'s float operations exactly."""
-
-    __slots__ = ("codes", "scale", "offset", "half", "bits", "granularity")
-
-    def __init__(self, q: Any, like: torch.Tensor) -> None:
-        self.codes = torch.empty_like(like, dtype=torch.int8).copy_(q.int_codes())
-        groups = q.scale.numel()
-        view = (groups,) + (1,) * (like.dim() - 1) if groups > 1 else ()
-        self.scale = q.scale.to(like.device, torch.float32).reshape(view)
-        self.offset = q.offset.to(like.device, torch.float32).reshape(view)
-        self.half = 2 ** (q.bits - 1)
-        self.bits = q.bits
-        self.granularity = q.granularity
-
-    def numel(self) -> int:
-        return self.codes.numel()
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.codes, self.scale, self.offset)
-
-    def dequantize(self) -> torch.Tensor:
-        """The fp32 delta, laid out like the base."""
-        return self.codes.to(torch.float32).add_(self.half).mul_(self.scale).add_(self.offset)
-
-    def quantized(self) -> Any:
-        """The :class:`~rws_hub.core.quantization.QuantizedTensor` these codes came from (CPU)."""
-        from rws_hub.core.quantization import QuantizedTensor, pack_int4
-
-        codes = self.codes.cpu().contiguous()
-        shape = tuple(codes.shape)
-        stored = pack_int4(codes) if self.bits == 4 else codes
-        return QuantizedTensor(
-            stored,
-            self.scale.cpu().reshape(-1).clone(),
-            self.offset.cpu().reshape(-1).clone(),
-            shape,
-            self.bits,
-            "linear",
-            self.granularity,
-        )
-
-
 def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors``."""
     seen: dict[int, int] = {}
@@ -334,81 +294,123 @@ class Engine:
         sigs = (
             dict(signatures) if isinstance(signatures, Mapping) else {s.name: s for s in signatures}
         )
-        self._defaults = {n: float(getattr(s, "default_alpha", 1.0)) for n, s in sigs.items()}
 
         model = _copy_model(model) if copy else model
         model = model.to(device=self.device, dtype=self.dtype).eval()
+        # Inputs go channels-last; the weights keep the standard layout, so the patched weights
+        # are built exactly as rws_hub.patch builds them (same kernel, same layout, same bits).
         self.channels_last = bool(channels_last) and any(
             isinstance(m, nn.Conv2d) for m in model.modules()
         )
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
-        state = dict(model.state_dict(keep_vars=True))
+        self._modules = dict(model.named_modules())
+        self._state_tensors = dict(model.state_dict(keep_vars=True))
 
         out = _output_features(model)
         self.classes: list[str] = (
             list(classes) if classes is not None else [str(i) for i in range(out or 0)]
         )
 
-        # Which modules do the signatures touch? Each gets a routing slot.
-        touched: set[str] = set()
-        for sig in sigs.values():
-            for tname, delta in sig.tensors.items():
-                if tname not in state:
-                    raise SignatureMismatchError(
-                        f"signature {sig.name!r} patches {tname!r}, which the model does not have"
-                    )
-                if tuple(delta.shape) != tuple(state[tname].shape):
-                    raise SignatureMismatchError(
-                        f"signature {sig.name!r}: {tname} has shape {tuple(delta.shape)}, "
-                        f"the model's is {tuple(state[tname].shape)}"
-                    )
-                touched.add(tname)
-        modules = dict(model.named_modules())
-        for tname in touched:
+        # What the loaded signatures need, swapped as a whole under ``_lock`` (add/drop while
+        # serving): deltas per signature, metadata, default alphas; routed slots and the
+        # float32 bases of the touched tensors only grow.
+        self._lock = threading.RLock()
+        self._state = _RouteState()
+        self._slots: list[str] = []
+        self._base: dict[str, torch.Tensor] = {}
+        self._deltas: dict[str, dict[str, Delta]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._defaults: dict[str, float] = {}
+        self._cache = _WeightCache(cache_bytes)
+        for n in list(sigs):
+            self._check(sigs[n])
+        for n in list(sigs):
+            self.add_signature(sigs.pop(n))
+        del signatures
+
+    # -- the loaded signatures --------------------------------------------------------------
+
+    def _check(self, sig: Signature) -> None:
+        """Refuse a signature whose tensors the model lacks, or that are not Conv2d/Linear
+        weights or biases, or have another shape."""
+        for tname, delta in sig.tensors.items():
+            have = self._state_tensors.get(tname)
+            if have is None:
+                raise SignatureMismatchError(
+                    f"signature {sig.name!r} patches {tname!r}, which the model does not have"
+                )
+            if tuple(delta.shape) != tuple(have.shape):
+                raise SignatureMismatchError(
+                    f"signature {sig.name!r}: {tname} has shape {tuple(delta.shape)}, "
+                    f"the model's is {tuple(have.shape)}"
+                )
             mname, _, attr = tname.rpartition(".")
-            module = modules.get(mname)
+            module = self._modules.get(mname)
             if not isinstance(module, (nn.Conv2d, nn.Linear)) or attr not in ("weight", "bias"):
                 raise SignatureMismatchError(
                     f"signatures patch {tname!r}; the engine routes the weight and bias of "
                     "Conv2d and Linear layers only"
                 )
-        # module name per slot, forward (definition) order
-        self._slots: list[str] = [m for m in modules if {f"{m}.weight", f"{m}.bias"} & touched]
-        self._state = _RouteState()
-        for slot, mname in enumerate(self._slots):
-            _route(modules[mname], slot, self._state)
 
-        # Float32 bases of the patched tensors (the module's own tensors when float32) and the
-        # deltas, on the engine's device.
-        self._base: dict[str, torch.Tensor] = {
-            t: state[t].detach().to(torch.float32) for t in sorted(touched)
-        }
-        # Deltas laid out like their base (e.g. channels-last) so the in-place sums stream; the
-        # engine holds these and each signature's metadata, not the caller's float tensors.
-        self._deltas: dict[str, dict[str, torch.Tensor | _Codes]] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
-        for n in list(sigs):
-            self._deltas[n], self._meta[n] = self._hold(sigs.pop(n), resident)
-        del signatures
-        self._cache = _WeightCache(cache_bytes)
-
-    def _hold(
-        self, sig: Signature, resident: str
-    ) -> tuple[dict[str, torch.Tensor | _Codes], dict[str, Any]]:
-        """One signature's deltas as the engine keeps them (see ``resident``), and its metadata."""
-        codes = sig.codes if resident == "codes" else None
-        held: dict[str, torch.Tensor | _Codes] = {}
+    def _hold(self, sig: Signature) -> dict[str, Delta]:
+        """One signature's deltas as the engine keeps them (see ``resident``), on its device,
+        in the standard layout."""
+        codes = sig.codes if self.resident == "codes" else None
+        held: dict[str, Delta] = {}
         for t, d in sig.tensors.items():
             q = codes.get(t) if codes else None
-            if q is not None and q.scheme == "linear":
-                held[t] = _Codes(q, self._base[t])
+            if q is not None:
+                held[t] = QuantizedDelta(q, self.device)
             else:
-                held[t] = torch.empty_like(self._base[t]).copy_(d)
-        return held, sig._meta()
+                held[t] = DenseDelta(d.to(self.device, torch.float32).contiguous().clone())
+        return held
+
+    def add_signature(self, sig: Signature, *, replace: bool = False) -> None:
+        """Load ``sig`` into the live engine (thread-safe; requests in flight are unaffected and
+        later ones may name it). A name already loaded is refused unless ``replace=True``.
+
+        Raises:
+            SignatureMismatchError: the model lacks a tensor, a shape differs, or a tensor is
+                not a Conv2d/Linear weight or bias.
+            ValueError: the name is loaded and ``replace`` is False.
+        """
+        if not isinstance(sig, Signature):
+            raise TypeError(f"expected a Signature, got {type(sig).__name__}")
+        self._check(sig)
+        held = self._hold(sig)
+        with self._lock:
+            if sig.name in self._deltas and not replace:
+                raise ValueError(f"signature {sig.name!r} is already loaded; pass replace=True")
+            base = dict(self._base)
+            for tname in held:
+                if tname not in base:
+                    base[tname] = self._state_tensors[tname].detach().to(torch.float32).contiguous()
+            for mname in self._modules:  # route new modules, definition order
+                wanted = {f"{mname}.weight", f"{mname}.bias"} & held.keys()
+                if wanted and mname not in self._slots:
+                    _route(self._modules[mname], len(self._slots), self._state)
+                    self._slots.append(mname)
+            replacing = sig.name in self._deltas
+            self._base = base
+            self._deltas = {**self._deltas, sig.name: held}
+            self._meta = {**self._meta, sig.name: sig._meta()}
+            self._defaults = {**self._defaults, sig.name: float(sig.default_alpha)}
+            if replacing:
+                self._cache.clear()
+
+    def drop_signature(self, name: str) -> None:
+        """Unload signature ``name`` from the live engine (thread-safe). Requests already past
+        validation that name it are refused with ``InvalidMixError``; later ones too."""
+        with self._lock:
+            if name not in self._deltas:
+                known = ", ".join(sorted(self._deltas)) or "none"
+                raise InvalidMixError(f"unknown signature {name!r}; known: {known}")
+            self._deltas = {k: v for k, v in self._deltas.items() if k != name}
+            self._meta = {k: v for k, v in self._meta.items() if k != name}
+            self._defaults = {k: v for k, v in self._defaults.items() if k != name}
+            self._cache.clear()
 
     # -- construction ---------------------------------------------------------------------
 
@@ -429,8 +431,6 @@ class Engine:
         + ``config["detector"]``) gets it as the ``"auto"`` hook unless ``detector=`` is given;
         a damaged one is left out and recorded in :attr:`refused`.
         """
-        from rws_hub.io.folder import ModelFolder
-
         dev = torch.device(device) if device is not None else default_device()
         if not isinstance(folder, ModelFolder):
             folder = ModelFolder.load(folder, device=dev, signatures=signatures)
@@ -440,9 +440,6 @@ class Engine:
         kwargs.setdefault("input_size", (int(size[-2]), int(size[-1])))
         kwargs.setdefault("name", folder.path.name if folder.path else "model")
         if "detector" not in kwargs and folder.has_detector():
-            from rws_hub.detect.detector import auto_patcher_from_folder
-            from rws_hub.errors import RWSError
-
             try:
                 kwargs["detector"] = auto_patcher_from_folder(folder, device=dev)
             except RWSError as exc:  # a damaged detector: serve without "auto", say why
@@ -458,12 +455,10 @@ class Engine:
     def signatures(self) -> Mapping[str, Signature]:
         """The loaded signatures by name, as the engine holds them (on its device; with
         ``resident="codes"`` rebuilt from the codes on each access)."""
-        from rws_hub.core.signature import Signature
-
         out = {}
         for name, held in self._deltas.items():
-            tensors = {t: d.dequantize() if isinstance(d, _Codes) else d for t, d in held.items()}
-            codes = {t: d.quantized() for t, d in held.items() if isinstance(d, _Codes)}
+            tensors = {t: d.materialize() for t, d in held.items()}
+            codes = {t: d.quantized() for t, d in held.items() if isinstance(d, QuantizedDelta)}
             full = len(codes) == len(held) and bool(codes)
             meta = dict(self._meta[name])
             if not full and codes:
@@ -531,7 +526,7 @@ class Engine:
             t
             for held in self._deltas.values()
             for d in held.values()
-            for t in (d.tensors() if isinstance(d, _Codes) else (d,))
+            for t in (d.tensors() if isinstance(d, QuantizedDelta) else (d.tensor,))
         ]
         out = {
             "backbone": bb,
@@ -599,23 +594,18 @@ class Engine:
     # -- weights --------------------------------------------------------------------------
 
     def _build(self, mix: Mix) -> dict[str, torch.Tensor]:
-        """``base + sum(alpha * delta)`` in float32 for every tensor the mix touches.
-
-        Same sum as :func:`rws_hub.core.patching.patched_tensors` (equal within float rounding), but
-        one fused ``base + alpha * delta`` for the first signature and in-place axpys for the
-        others: less than half the memory traffic, which is what building weights for many
-        distinct mixes per batch costs.
-        """
-        out: dict[str, torch.Tensor] = {}
+        """``base + sum(alpha * delta)`` in float32 for every tensor the mix touches, by
+        :func:`rws_hub.core.deltas.patched_value` -- the kernel :func:`rws_hub.patch` uses, so
+        the served weights equal the patched model's bitwise."""
+        deltas, bases = self._deltas, self._base  # one consistent snapshot
+        terms: dict[str, list[tuple[Delta, float]]] = {}
         for name, alpha in mix.items():
-            for tname, held in self._deltas[name].items():
-                delta = held.dequantize() if isinstance(held, _Codes) else held
-                acc = out.get(tname)
-                if acc is None:
-                    out[tname] = torch.add(self._base[tname], delta, alpha=alpha)
-                else:
-                    acc.add_(delta, alpha=alpha)
-        return out
+            held = deltas.get(name)
+            if held is None:
+                raise InvalidMixError(f"signature {name!r} was unloaded; name a loaded one")
+            for tname, delta in held.items():
+                terms.setdefault(tname, []).append((delta, alpha))
+        return {t: patched_value(bases[t], ts) for t, ts in terms.items()}
 
     def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...]:
         """Per routed slot, the patched (weight, bias) of ``mix``, or None for base weights."""

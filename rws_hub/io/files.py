@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rws_hub.core.formats import as_state_dict, register_format
 from rws_hub.core.lineage import digest_tensors
 from rws_hub.core.quantization import QuantizedTensor, check_options
 from rws_hub.core.signature import Signature
@@ -169,19 +170,6 @@ def save_state_dict(
     meta = dict(metadata or {})
     meta[_ORDER_KEY] = json.dumps(list(tensors))
     _atomic_save(tensors, path, meta)
-
-
-def as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """A state dict from an ``nn.Module``, a mapping of tensors or a ``.safetensors`` path."""
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.state_dict())
-    if isinstance(obj, (str, os.PathLike)):
-        return load_state_dict(obj)
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(
-        f"expected an nn.Module, a state dict or a .safetensors path, not {type(obj).__name__}"
-    )
 
 
 def _atomic_save(
@@ -453,3 +441,7 @@ def load_signature(path: str | os.PathLike, device: str | torch.device = "cpu") 
 def _raw_metadata(path: str | os.PathLike) -> dict[str, str]:
     header, _ = _read_raw_header(path)
     return dict(header.get("__metadata__") or {})
+
+
+register_format("state_dict", read=load_state_dict, write=save_state_dict)
+register_format("signature", read=load_signature, write=save_signature)

@@ -276,3 +276,27 @@ def test_architectures(arch: str) -> None:
 def test_help_reads_well() -> None:
     doc = rws_hub.patch.__doc__
     assert doc and "bitwise" in doc and "Example" in doc and "force" in doc
+
+
+def test_remove_one_signature(tiny: nn.Module) -> None:
+    """Taking one signature off leaves exactly what applying the others alone gives."""
+    a = random_signature(tiny, "fog", 7, 1)
+    b = random_signature(tiny, "snow", 3, 2)
+    c = random_signature(tiny, "contrast", 5, 3)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    raw = snapshot(tiny)
+    apply(tiny, {a: 0.5, b: 1.0})
+    apply(tiny, {c: 0.25})
+    assert remove(tiny, "snow") == 1
+    assert active_mix(tiny) == {"fog": 0.5, "contrast": 0.25}
+    want = snapshot(tiny)
+    remove(tiny)
+    assert_bitwise_equal(tiny, before, raw)
+    apply(tiny, {a: 0.5})
+    apply(tiny, {c: 0.25})
+    assert snapshot(tiny) == want
+    with pytest.raises(InvalidMixError, match="not applied"):
+        remove(tiny, "snow")
+    assert remove(tiny, "fog") == 1 and remove(tiny, "contrast") == 1
+    assert active_mix(tiny).is_empty
+    assert_bitwise_equal(tiny, before, raw)
