@@ -15,7 +15,8 @@ from rws_hub.core.formats import read, write
 from rws_hub.core.quantization import QuantizedTensor, check_options, quantize_tensor
 from rws_hub.errors import SignatureMismatchError
 
-__all__ = ["Signature", "cosine"]
+__all__ = ["Signature", "cosine", "format_bytes"]
+
 
 
 def _check_alpha(value: Any, what: str = "alpha") -> float:
@@ -27,7 +28,8 @@ def _check_alpha(value: Any, what: str = "alpha") -> float:
     return value
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """A byte count for people: ``"840 B"``, ``"439.0 KB"``, ``"14.7 MB"`` (powers of 1000)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -150,7 +152,7 @@ class Signature:
             f"{len(self.tensors)} tensors",
             f"{self.numel:,} values",
             storage,
-            _fmt_bytes(self.nbytes),
+            format_bytes(self.nbytes),
         ]
         if self.architecture:
             parts.append(f"arch={self.architecture}")
@@ -332,3 +334,6 @@ def cosine(a: Signature, b: Signature) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return dot / (na * nb)
+
+
+_fmt_bytes = format_bytes  # old private name, until its last importer moves

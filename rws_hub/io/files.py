@@ -37,6 +37,7 @@ __all__ = [
     "save_signature",
     "load_signature",
     "read_header",
+    "read_raw_header",
     "load_state_dict",
     "save_state_dict",
     "as_state_dict",
@@ -53,8 +54,9 @@ _DTYPE_BYTES = {
 
 
 # -- raw safetensors checks ---------------------------------------------------------------
-def _read_raw_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
-    """Parse and check a safetensors header without loading tensors: (header, file size)."""
+def read_raw_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
+    """Parse and check any safetensors file's header without loading tensors (pickles, zips,
+    truncation and inconsistent offsets are refused with ``ArtifactError``): (header, size)."""
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"{p}: no such file")
@@ -145,7 +147,7 @@ def load_state_dict(
     else in natural order (``features.2`` before ``features.10``), which is the registration
     order of torchvision VGG/ResNet and this project's models.
     """
-    header, _ = _read_raw_header(path)
+    header, _ = read_raw_header(path)
     tensors = _safe_load(path, device)
     meta = header.get("__metadata__") or {}
     order: Any = None
@@ -295,7 +297,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     storage info), format, format_version, digest}, "stored": {key: {"dtype", "shape",
     "nbytes"}}, "payload_bytes": int, "file_size": int}``.
     """
-    header, size = _read_raw_header(path)
+    header, size = read_raw_header(path)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = (
@@ -439,9 +441,11 @@ def load_signature(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
 
 def _raw_metadata(path: str | os.PathLike) -> dict[str, str]:
-    header, _ = _read_raw_header(path)
+    header, _ = read_raw_header(path)
     return dict(header.get("__metadata__") or {})
 
 
 register_format("state_dict", read=load_state_dict, write=save_state_dict)
 register_format("signature", read=load_signature, write=save_signature)
+
+_read_raw_header = read_raw_header  # old private name, until its last importer moves
