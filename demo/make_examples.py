@@ -1,6 +1,7 @@
 """Make the demo's example images: a few real CIFAR-10 test images, some corrupted.
 
-Writes ``demo/examples/<class>-<corruption|clean>.png`` (32x32 RGB PNGs, about 3 KB each).
+Writes ``rws_hub/integrations/examples/<class>-<corruption|clean>.png`` (package data of the web
+demo; ``demo/examples`` links there), 32x32 RGB PNGs, about 3 KB each.
 By default the images are fixed test indices; with ``--model FOLDER`` each corrupted example is
 the first test image of its class (from a fixed start) that the folder's clean backbone gets
 wrong under that corruption and the matching signature gets right, so that the examples show
@@ -25,6 +26,7 @@ from rws_hub.datasets.corruptions import corrupt
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10" / "test.npz"
+EXAMPLES = REPO_ROOT / "rws_hub" / "integrations" / "examples"
 SEVERITY = 5
 
 # (class, corruption or None, default test index). Clean first, then corrupted.
@@ -96,7 +98,7 @@ def make_examples(data: Path, out: Path, model: Path | None = None) -> list[Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 test.npz")
-    parser.add_argument("--out", type=Path, default=HERE / "examples")
+    parser.add_argument("--out", type=Path, default=EXAMPLES)
     parser.add_argument("--model", type=Path, help="model folder used to pick telling examples")
     args = parser.parse_args(argv)
     make_examples(args.data, args.out, args.model)

@@ -1,12 +1,12 @@
 """``rws demo`` (the Gradio web demo) and ``rws up`` (TorchServe plus the demo as its client).
 
-Gradio is imported only when ``rws demo`` runs, from the checkout's ``demo/app.py``.
+Gradio is imported only when ``rws demo`` runs: the app is the packaged
+:mod:`rws_hub.integrations.gradio_app` (imported then, for start-up speed).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import signal
 import sys
 import time
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 UP_EPILOG = """examples:
-  rws up                                   # embedded default; Ctrl-C stops both
-  rws up --model path/to/folder --port 9080 --demo-port 7870
+  rws up                                   # embedded default (checkout); Ctrl-C stops both
+  rws up path/to/folder --port 9080 --demo-port 7870
   rws up --detach && rws up --stop         # in the background, then stop
 """
 
@@ -25,12 +25,12 @@ def register(subparsers: Any) -> None:
         "demo",
         help="the web demo: upload an image, corrupt it, patch robustness in, compare",
         description="Start the Gradio web demo on loopback and print its URL. By default it runs "
-        "the serving engine in this process on the embedded default model folder; with "
-        "--server it is a REST client of a running `rws serve`.",
+        "the serving engine in this process on the model folder (in a checkout, the embedded "
+        "default); with --server it is a REST client of a running `rws serve`.",
     )
+    _folder_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--model", default=None, help="model folder (default model-store/cifar10-vgg16)")
     p.add_argument(
         "--server",
         default=None,
@@ -53,12 +53,7 @@ def register(subparsers: Any) -> None:
         epilog=UP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    u.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model folder (default model-store/cifar10-vgg16, the embedded default)",
-    )
+    _folder_arguments(u)
     u.add_argument(
         "--port",
         type=int,
@@ -77,29 +72,33 @@ def register(subparsers: Any) -> None:
     u.set_defaults(func=run_up)
 
 
-def _load_demo_app() -> Any:
-    """``demo/app.py`` of the checkout this package lives in, as a module."""
-    from rws_hub.launch.stack import DEMO_APP
+def _folder_arguments(p: argparse.ArgumentParser) -> None:
+    """The model folder: a positional FOLDER or ``--model FOLDER`` (the same thing)."""
+    p.add_argument(
+        "folder",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="model folder (default in a checkout: model-store/cifar10-vgg16, the embedded "
+        "default; an installed rws-hub needs a folder)",
+    )
+    p.add_argument("--model", type=Path, default=None, metavar="FOLDER", help="the same as FOLDER")
 
-    if not DEMO_APP.is_file():
-        raise FileNotFoundError(f"{DEMO_APP}: the demo ships with the repository checkout")
-    spec = importlib.util.spec_from_file_location("rws_demo_app", DEMO_APP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+
+def _folder(args: argparse.Namespace) -> Path | None:
+    """FOLDER or --model (given once), or None for the default."""
+    if args.folder is not None and args.model is not None and args.folder != args.model:
+        raise ValueError("give the model folder once: FOLDER or --model FOLDER")
+    return args.folder if args.folder is not None else args.model
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.server is None:  # fail fast, before importing Gradio
-        from rws_hub.launch.stack import default_folder
+    from rws_hub.launch.locations import resolve_folder
 
-        folder = Path(args.model) if args.model else default_folder()
-        if not (folder / "config.json").is_file():
-            hint = " (the embedded default; build it or pass --model)" if not args.model else ""
-            raise FileNotFoundError(f"{folder} is not a model folder{hint}")
-        args.model = str(folder)
+    model = _folder(args)
+    if args.server is None:  # fail fast, before importing Gradio
+        model = resolve_folder(model, "rws demo")
+    args.model = str(model) if model is not None else None
     argv = ["--host", args.host, "--port", str(args.port)]
     for flag, value in (
         ("--model", args.model),
@@ -110,18 +109,15 @@ def run_demo(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             argv += [flag, str(value)]
-    return int(_load_demo_app().main(argv))
+    from rws_hub.integrations import gradio_app  # imports Gradio (seconds)
+
+    return int(gradio_app.main(argv))
 
 
 def run_up(args: argparse.Namespace) -> int:
     from rws_hub.launch import torchserve as serving
-    from rws_hub.launch.stack import (
-        StackError,
-        StackOptions,
-        default_folder,
-        start_stack,
-        stop_stack,
-    )
+    from rws_hub.launch.locations import resolve_folder
+    from rws_hub.launch.stack import StackError, StackOptions, start_stack, stop_stack
 
     if args.stop:
         if stop_stack(args.run_dir):
@@ -130,10 +126,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"rws up: no stack running from {args.run_dir}")
         return 0
 
-    folder = args.model or default_folder()
-    if not folder.is_dir():
-        hint = " (the embedded default; build it or pass --model)" if args.model is None else ""
-        raise FileNotFoundError(f"model folder {folder} not found{hint}")
+    folder = resolve_folder(_folder(args), "rws up")
     opts = StackOptions(
         folder=folder,
         run_dir=args.run_dir,

@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
         nargs="?",
         type=Path,
         default=None,
-        help="model folder (default: model-store/cifar10-vgg16, the embedded default)",
+        help="model folder (default in a checkout: model-store/cifar10-vgg16, the embedded "
+        "default; an installed rws-hub needs a folder)",
     )
     p.add_argument("--port", type=int, default=8080, help="inference port (default 8080)")
     p.add_argument("--management-port", type=int, default=8081, help="default 8081")
@@ -93,14 +94,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"rws serve: no server running from {args.run_dir}")
         return 0
 
-    folder = args.folder or serving.default_folder()
-    if not folder.is_dir():
-        hint = (
-            " (the embedded default; build it or pass a model folder)"
-            if args.folder is None
-            else ""
-        )
-        raise FileNotFoundError(f"model folder {folder} not found{hint}")
+    folder = serving.resolve_folder(args.folder, "rws serve")
     settings: dict[str, Any] = {
         "dtype": args.dtype,
         "allow_negative": args.allow_negative,

@@ -3,12 +3,15 @@
 A Gradio page over one of two backends that answer the same questions:
 
 * :class:`LocalBackend`: the serving engine (:class:`rws_hub.inference.engine.Engine`) in this process, on
-  a model folder (default: the embedded ``model-store/cifar10-vgg16``);
+  a model folder (default in a checkout: the embedded ``model-store/cifar10-vgg16``);
 * :class:`RestBackend`: a running ``rws serve`` (TorchServe), over its REST API, so the page
   shows the whole stack at work.
 
-Run it with ``rws demo`` (or ``python demo/app.py``); ``--help`` lists the options. The page's
-events are also named API endpoints for ``gradio_client`` (see ``docs/demo.md``):
+Shipped in the package (the only module of ``rws_hub`` that imports Gradio), with its example
+images in ``rws_hub/integrations/examples/``. Run it with ``rws demo FOLDER``, ``python -m
+rws_hub.integrations.gradio_app FOLDER`` or, in a checkout, ``python demo/app.py``; ``--help``
+lists the options. The page's events are also named API endpoints for ``gradio_client`` (see
+``docs/demo.md``):
 
 * ``/predict`` (image, signatures, corruption, severity) -> (model input, clean top-5,
   patched top-5, summary, details)
@@ -45,6 +48,7 @@ from rws_hub.core.mix import Mix, format_alpha  # noqa: E402
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
 from rws_hub.errors import RequestError, RWSError  # noqa: E402
 from rws_hub.inference.parsing import RequestLimits, RequestParser, decode_image  # noqa: E402
+from rws_hub.launch.locations import DEFAULT_FOLDER, default_folder, resolve_folder  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -59,10 +63,10 @@ __all__ = [
 
 log = logging.getLogger("rws_hub.demo")
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-DEFAULT_MODEL = REPO_ROOT / "model-store" / "cifar10-vgg16"
-EXAMPLES_DIR = HERE / "examples"
+DEFAULT_MODEL = default_folder()
+"""The embedded default model folder (it exists only in a checkout of rws-hub)."""
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+"""The example images (package data; ``demo/examples`` of a checkout links here)."""
 NO_CORRUPTION = "none"
 TOP_K = 5
 PREVIEW_SIDE = 224  # the model-sized input is shown enlarged, pixels kept sharp
@@ -526,7 +530,8 @@ def _slider_info(info: ModelInfo, name: str) -> str:
 
 
 def _example_files() -> list[str]:
-    """The shipped examples ``demo/examples/<class>-<corruption|clean>.png``, clean first."""
+    """The shipped examples ``<class>-<corruption|clean>.png`` (:data:`EXAMPLES_DIR`), clean
+    first."""
     files = sorted(EXAMPLES_DIR.glob("*.png"), key=lambda p: ("-clean" not in p.stem, p.stem))
     return [str(p) for p in files]
 
@@ -870,7 +875,8 @@ def make_backend(
     management_url: str | None = None,
 ) -> Backend:
     """The backend for the command-line options: a REST client of ``server`` (with the keys
-    from ``token_file``), else the engine on ``model`` (default: the embedded model)."""
+    from ``token_file``), else the engine on ``model`` (default: the embedded model, which
+    exists only in a checkout: elsewhere a folder is needed)."""
     if server:
         token = mgmt = None
         if token_file:
@@ -882,22 +888,26 @@ def make_backend(
             management_url=management_url,
             folder=model if model and Path(model, "config.json").is_file() else None,
         )
-    folder = Path(model) if model else DEFAULT_MODEL
+    folder = resolve_folder(model, "rws demo")
     return LocalBackend.from_folder(folder, device=device)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``rws demo`` / ``python demo/app.py``."""
+    """The options of ``rws demo`` / ``python -m rws_hub.integrations.gradio_app`` /
+    ``python demo/app.py``."""
     p = argparse.ArgumentParser(
         prog="rws demo",
         description="The Robust Weight Signatures web demo (Gradio).",
+    )
+    p.add_argument(
+        "folder", nargs="?", default=None, help="model folder (the same as --model FOLDER)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument(
         "--model",
         default=None,
-        help=f"model folder (default {DEFAULT_MODEL.relative_to(REPO_ROOT)}); with --server, "
+        help=f"model folder (default {DEFAULT_FOLDER} in a checkout); with --server, "
         "read for the signature list if the server does not give it",
     )
     p.add_argument(
@@ -926,7 +936,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, build the backend and the page, serve until interrupted."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folder is not None:
+        if args.model is not None and Path(args.model) != Path(args.folder):
+            parser.error("give the model folder once: FOLDER or --model FOLDER")
+        args.model = args.folder
     try:
         backend = make_backend(
             args.model, args.server, args.token_file, args.device, args.management_url

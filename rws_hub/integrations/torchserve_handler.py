@@ -1,5 +1,10 @@
 """TorchServe handler for rws-hub: a thin adapter over :class:`rws_hub.inference.engine.Engine`.
 
+Shipped in the package; ``rws serve`` archives this file (TorchServe imports it as the top-level
+module ``torchserve_handler`` and takes its one class defined here, :class:`RWSHandler`).
+``handlers/rws_handler.py`` of a checkout is a one-class subclass of it for hand-made archives.
+This is the only module of ``rws_hub`` that imports TorchServe (``ts``).
+
 Per batch: every row is parsed with :mod:`rws_hub.inference.parsing` (a bad row gets its own 4xx status
 and a JSON error body; the other rows are still answered), then ONE ``engine.classify`` call runs
 the valid rows, each with its own mix. Answers are JSON::
@@ -37,6 +42,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+import rws_hub
 from rws_hub.errors import RequestError
 from rws_hub.inference.engine import Engine
 from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser
@@ -181,11 +187,13 @@ class RWSHandler(BaseHandler):
         for rel, reason in self.engine.refused.items():
             logger.warning("rws: refused %s: %s", rel, reason)
         logger.info(
-            "rws: serving %s on %s (%s) with signatures %s",
+            "rws: serving %s on %s (%s) with signatures %s (rws_hub %s from %s)",
             folder,
             device,
             dtype,
             ", ".join(self.engine.defaults) or "none",
+            rws_hub.__version__,
+            Path(rws_hub.__file__).parent,
         )
         self.initialized = True
 

@@ -1,19 +1,18 @@
 """``rws up``: the whole stack on one machine, TorchServe and the web demo as its REST client.
 
 :func:`start_stack` starts TorchServe for a model folder with :func:`rws_hub.launch.torchserve.start`
-(waits until the model is READY), then the Gradio demo (``demo/app.py``) as a separate process
-that answers through the server's REST API (``--server``, with the token key file), waits until
-the page answers, and records both in ``<run dir>/stack.json``. :func:`stop_stack` (``rws up
+(waits until the model is READY), then the Gradio demo (``python -m
+rws_hub.integrations.gradio_app``, the app shipped in the package) as a separate process that
+answers through the server's REST API (``--server``, with the token key file), waits until the
+page answers, and records both in ``<run dir>/stack.json``. :func:`stop_stack` (``rws up
 --stop``) ends exactly what that file names: the demo's process group, then the server.
 
-This module imports no UI or serving framework: it drives processes and speaks HTTP with the
-standard library.
+This module imports no UI or serving framework: it drives processes (with
+:mod:`rws_hub.launch.processes`) and speaks HTTP with the standard library.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -26,21 +25,27 @@ from pathlib import Path
 from typing import Any
 
 from rws_hub.launch import torchserve as serving
-from rws_hub.launch.torchserve import default_folder
+from rws_hub.launch.locations import DEMO_MODULE, checkout_root, default_folder
+from rws_hub.launch.processes import (
+    Managed,
+    read_record,
+    remove_record,
+    spawn,
+    tail,
+    write_record,
+)
 
 __all__ = [
-    "DEMO_APP",
+    "DEMO_MODULE",
     "Stack",
     "StackError",
     "StackOptions",
     "default_folder",
+    "demo_command",
     "start_stack",
     "stop_stack",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_APP = REPO_ROOT / "demo" / "app.py"
-"""The Gradio app of the checkout this package lives in."""
 STATE_FILE = "stack.json"
 
 
@@ -55,6 +60,8 @@ class StackOptions:
     The server listens on ``port`` (inference), ``port + 1`` (management) and ``port + 2``
     (metrics); the demo on ``demo_port``; all on ``host``. ``serve`` holds further
     :class:`rws_hub.launch.torchserve.ServeOptions` fields (``batch_size``, ``workers``, ``settings``...).
+    ``demo_app`` runs another Gradio app file with the same options instead of the packaged
+    one (:data:`~rws_hub.launch.locations.DEMO_MODULE`).
     """
 
     folder: Path = field(default_factory=default_folder)
@@ -64,12 +71,12 @@ class StackOptions:
     demo_port: int = 7860
     auth: bool = True
     serve: dict[str, Any] = field(default_factory=dict)
-    demo_app: Path = DEMO_APP
+    demo_app: Path | None = None
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
         self.run_dir = Path(self.run_dir)
-        self.demo_app = Path(self.demo_app)
+        self.demo_app = Path(self.demo_app) if self.demo_app is not None else None
 
     @property
     def demo_url(self) -> str:
@@ -97,13 +104,6 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 @dataclass
 class Stack:
     """A running stack: the TorchServe :class:`~rws_hub.launch.torchserve.Server` and the demo."""
@@ -128,10 +128,12 @@ class Stack:
         """``POST`` images here (``<inference>/predictions/<model>``)."""
         return self.server.inference_url if self.server else ""
 
+    def _demo(self) -> Managed:
+        return Managed(pid=self.demo_pid, process=self.demo)
+
     def demo_alive(self) -> bool:
-        if self.demo is not None:
-            return self.demo.poll() is None
-        return self.demo_pid > 1 and serving._pid_alive(self.demo_pid)
+        """Whether the demo process still runs."""
+        return self._demo().alive()
 
     def server_alive(self) -> bool:
         return self.server is not None and self.server.alive()
@@ -142,27 +144,17 @@ class Stack:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the demo (SIGTERM to its process group, SIGKILL after 10 s), then the server."""
-        if self.demo_pid > 1:  # the demo leads its own process group (start_new_session)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.demo_pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10.0
-            while time.monotonic() < deadline and self.demo_alive():
-                time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.demo_pid, signal.SIGKILL)
-            if self.demo is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.demo.wait(timeout=5)
+        # the demo leads its own process group (spawn starts a new session)
+        self._demo().stop(10.0, sig=signal.SIGTERM)
         if self.server is not None:
             self.server.stop(timeout)
-        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+        remove_record(self.run_dir / STATE_FILE)
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> Stack | None:
         """The stack recorded in ``<run_dir>/stack.json``, if that file exists."""
-        try:
-            state = json.loads((Path(run_dir) / STATE_FILE).read_text())
-        except (OSError, ValueError):
+        state = read_record(Path(run_dir) / STATE_FILE)
+        if state is None:
             return None
         server = serving.Server.attach(state["serve_run_dir"])
         opts = StackOptions(
@@ -175,10 +167,12 @@ class Stack:
 
 
 def demo_command(opts: StackOptions, server: serving.Server) -> list[str]:
-    """The command line of the demo as a REST client of ``server``."""
+    """The command line of the demo as a REST client of ``server``: the packaged app
+    (``python -m rws_hub.integrations.gradio_app``) or ``opts.demo_app``."""
+    app = [str(opts.demo_app)] if opts.demo_app is not None else ["-m", DEMO_MODULE]
     cmd = [
         sys.executable,
-        str(opts.demo_app),
+        *app,
         "--server", server.inference_url,
         "--management-url", server.opts.management_url,
         "--model", str(opts.folder.resolve()),
@@ -204,8 +198,8 @@ def start_stack(opts: StackOptions, *, timeout: float = 180.0) -> Stack:
             f"a stack is already running from {run_dir} (demo pid {existing.demo_pid}); "
             "stop it first: rws up --stop"
         )
-    if not opts.demo_app.is_file():
-        raise StackError(f"the demo app {opts.demo_app} is missing (rws up runs from a checkout)")
+    if opts.demo_app is not None and not opts.demo_app.is_file():
+        raise StackError(f"the demo app {opts.demo_app} is missing")
     if not opts.folder.is_dir():
         raise StackError(f"model folder {opts.folder} not found")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,21 +213,18 @@ def start_stack(opts: StackOptions, *, timeout: float = 180.0) -> Stack:
         HF_HUB_DISABLE_TELEMETRY="1",
         PYTHONUNBUFFERED="1",
     )
+    root = checkout_root()
+    if root is not None:  # the demo runs this checkout's rws_hub, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     log = run_dir / "demo.out"
     try:
-        with open(log, "ab") as out:
-            demo = subprocess.Popen(
-                demo_command(opts, server),
-                cwd=run_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches `rws up`, which stops both in order
-            )
+        # its own session: Ctrl-C reaches `rws up`, which stops both in order
+        launched = spawn(demo_command(opts, server), cwd=run_dir, env=env, log=log)
     except BaseException:
         server.stop()
         raise
+    demo = launched.process
+    assert demo is not None
     stack = Stack(opts=opts, server=server, demo_pid=demo.pid, demo=demo)
     state = {
         "demo_pid": demo.pid,
@@ -244,14 +235,14 @@ def start_stack(opts: StackOptions, *, timeout: float = 180.0) -> Stack:
         "port": opts.port,
         "demo_port": opts.demo_port,
     }
-    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_record(run_dir / STATE_FILE, state)
     try:
         deadline = time.monotonic() + timeout
         while not _http_ok(opts.demo_url):
             if demo.poll() is not None:
-                raise StackError(f"the demo exited (code {demo.returncode}):\n{_tail(log)}")
+                raise StackError(f"the demo exited (code {demo.returncode}):\n{tail(log)}")
             if time.monotonic() > deadline:
-                raise StackError(f"the demo did not answer in {timeout:.0f} s:\n{_tail(log)}")
+                raise StackError(f"the demo did not answer in {timeout:.0f} s:\n{tail(log)}")
             time.sleep(0.25)
     except BaseException:
         stack.stop()

@@ -5,9 +5,12 @@ programs as subprocesses and talks HTTP to the server with the standard library.
 
 :func:`start` does, inside a *run directory* (everything the server writes stays there):
 
-1. builds a directory archive (``--archive-format no-archive``) of the handler
-   ``handlers/rws_handler.py``, the ``rws_hub`` package and the model folder (copied in as
-   ``model-folder/``), so the archive is self-contained (also for KServe, see docs/deploy.md);
+1. builds a directory archive (``--archive-format no-archive``) of the handler shipped in the
+   package (``rws_hub/integrations/torchserve_handler.py``), the running ``rws_hub`` package
+   (the installed one, or the checkout's) and the model folder (copied in as
+   ``model-folder/``), so the archive is self-contained (also for KServe, see docs/deploy.md).
+   TorchServe puts the archive's directory first on the worker's ``PYTHONPATH``, so the worker
+   runs exactly the copied package: the code of the ``rws`` that built the archive;
 2. writes ``config.properties`` (loopback addresses, also for TorchServe's gRPC ports
    ``grpc_port`` and ``grpc_port + 1``, the model with its batching and workers,
    body size limit, token auth) and a quiet ``log4j2.xml`` (no access or metrics logs);
@@ -23,12 +26,11 @@ send ``Authorization: Bearer <inference key>``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,29 +40,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rws_hub.launch.locations import (
+    DEFAULT_FOLDER,
+    default_folder,
+    handler_file,
+    package_dir,
+    resolve_folder,
+)
+from rws_hub.launch.processes import (
+    Managed,
+    pid_alive,
+    read_record,
+    remove_record,
+    spawn,
+    tail,
+    write_record,
+)
+
 __all__ = [
     "DEFAULT_FOLDER",
     "default_folder",
+    "resolve_folder",
     "Server",
     "ServeOptions",
     "ServeError",
     "build_archive",
     "find_handler",
+    "free_ports",
     "read_keys",
     "start",
+    "start_on_free_ports",
     "stop",
     "write_configs",
 ]
-
-DEFAULT_FOLDER = Path("model-store/cifar10-vgg16")
-"""The embedded default model folder (relative to the repository root)."""
-
-
-def default_folder() -> Path:
-    """The embedded default model folder: ``model-store/cifar10-vgg16`` of the working
-    directory when it is there, else of the checkout this package lives in."""
-    here = DEFAULT_FOLDER
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / DEFAULT_FOLDER
 
 
 STATE_FILE = "server.json"
@@ -183,10 +195,11 @@ def _program(name: str) -> str:
 
 
 def find_handler() -> Path:
-    """``handlers/rws_handler.py`` of this checkout (next to the ``rws_hub`` package)."""
-    path = Path(__file__).resolve().parents[2] / "handlers" / "rws_handler.py"
+    """The TorchServe handler shipped in the running package
+    (``rws_hub/integrations/torchserve_handler.py``, found by path: nothing here imports it)."""
+    path = handler_file()
     if not path.is_file():
-        raise ServeError(f"handler not found at {path}; run from a checkout of rws-hub")
+        raise ServeError(f"handler not found at {path}; reinstall rws-hub")
     return path
 
 
@@ -223,8 +236,10 @@ def build_archive(opts: ServeOptions, archive_format: str = "no-archive") -> Pat
     (store / f"{opts.model_name}.mar").unlink(missing_ok=True)
     store.mkdir(parents=True, exist_ok=True)
     stage.mkdir(parents=True)
-    package = Path(__file__).resolve().parents[1]
-    shutil.copytree(package, stage / "rws_hub", ignore=shutil.ignore_patterns("__pycache__"))
+    # the running package (site-packages or checkout): the worker imports this copy first
+    shutil.copytree(
+        package_dir(), stage / "rws_hub", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     shutil.copytree(folder, stage / "model-folder", ignore=shutil.ignore_patterns(".cache"))
 
     settings = {"folder": "model-folder", "max_body_bytes": opts.max_body_bytes}
@@ -369,9 +384,11 @@ class Server:
             return None
 
     def alive(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is None
-        return _pid_alive(self.launcher_pid)
+        """Whether the launcher (the leader of the server's process group) still runs."""
+        return self._managed().alive()
+
+    def _managed(self) -> Managed:
+        return Managed(pid=self.launcher_pid, process=self.process)
 
     def status(self) -> str | None:
         """The model's worker status (``READY``, ...) from the management API, or None."""
@@ -412,56 +429,29 @@ class Server:
         for name in ("torchserve.out", "logs/ts_log.log", "logs/model_log.log"):
             path = self.run_dir / name
             if path.is_file():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {name}\n" + "\n".join(text))
+                out.append(f"--- {name}\n" + tail(path, lines))
         return "\n".join(out)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server: SIGTERM to the frontend, then its process group if needed."""
-        java = self.java_pid()
-        if java and _pid_alive(java):
-            _signal(java, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and ((java and _pid_alive(java)) or self.alive()):
-            time.sleep(0.1)
-        # Whatever is left in the group we created (launcher, frontend, workers) goes now.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.launcher_pid, signal.SIGKILL)
-        if self.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
-        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+        """Stop the server: SIGTERM to the frontend (it stops its workers; to the whole group
+        when its pid file is gone), then SIGKILL to whatever is left in the process group we
+        created (launcher, frontend, workers)."""
+        self._managed().stop(timeout, term_pid=self.java_pid())
+        remove_record(self.run_dir / STATE_FILE)
         (self.run_dir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> Server | None:
         """The server recorded in ``<run_dir>/server.json``, if that file exists."""
-        path = Path(run_dir) / STATE_FILE
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
+        state = read_record(Path(run_dir) / STATE_FILE)
+        if state is None:
             return None
         opts = ServeOptions(**state["options"])
         return cls(opts=opts, launcher_pid=int(state["launcher_pid"]))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+_pid_alive = pid_alive
+"""Deprecated alias of :func:`rws_hub.launch.processes.pid_alive` (old tests import it)."""
 
 
 def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> Server:
@@ -507,27 +497,17 @@ def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> S
     ]  # fmt: skip
     if not opts.auth:
         cmd.append("--disable-token-auth")
-    console = open(run_dir / "torchserve.out", "ab")  # noqa: SIM115 (outlives this call)
-    process = subprocess.Popen(
-        cmd,
-        cwd=run_dir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    console.close()
-    server = Server(opts=opts, launcher_pid=process.pid, process=process)
+    launched = spawn(cmd, cwd=run_dir, env=env, log=run_dir / "torchserve.out")
+    server = Server(opts=opts, launcher_pid=launched.pid, process=launched.process)
     state = {
-        "launcher_pid": process.pid,
+        "launcher_pid": launched.pid,
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in opts.__dict__.items()
             if k not in ("handler", "env")
         },
     }
-    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_record(run_dir / STATE_FILE, state)
     if wait:
         try:
             server.wait_ready(timeout)
@@ -545,3 +525,41 @@ def stop(run_dir: str | Path, timeout: float = 30.0) -> bool:
     was_alive = server.alive()
     server.stop(timeout)
     return was_alive
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that are free on ``host`` right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def start_on_free_ports(
+    folder: str | Path,
+    run_dir: str | Path,
+    name: str = "rws",
+    *,
+    timeout: float = 180.0,
+    **options: Any,
+) -> Server:
+    """Start TorchServe for ``folder`` on free loopback ports (inference, management, metrics
+    and the two gRPC ports) and wait until READY; ``options`` are further
+    :class:`ServeOptions` fields (``batch_size``, ``settings``, ...). Benchmarks and tests use
+    this to run next to other servers."""
+    port, mport, xport, gport = free_ports(4)
+    opts = ServeOptions(
+        folder=Path(folder),
+        run_dir=Path(run_dir),
+        model_name=name,
+        port=port,
+        management_port=mport,
+        metrics_port=xport,
+        grpc_port=gport,
+        **options,
+    )
+    return start(opts, timeout=timeout)

@@ -32,10 +32,7 @@ from helpers.hub import NAMES, REPO_ROOT, make_tiny_folder  # noqa: E402
 from rws_hub.datasets.corruptions import corrupt  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
 from rws_hub.inference.parsing import decode_image  # noqa: E402
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-from demo import app as demo_app  # noqa: E402
+from rws_hub.integrations import gradio_app as demo_app  # noqa: E402
 
 # Gradio's queue uses pandas options that pandas 3 deprecates (not this project's code).
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -244,12 +241,67 @@ def test_accuracies_show_as_percent_whether_stored_as_fractions_or_percent():
     assert demo_app._metrics_rows(info) == [["fog", "56%", "73%", "+17.1", "1"]]
 
 
+def test_examples_ship_in_the_package_and_the_checkout_links_them():
+    """The examples are package data; ``demo/examples`` of the checkout shows the same files."""
+    files = [Path(f) for f in demo_app._example_files()]
+    assert len(files) == 8 and all(f.parent == demo_app.EXAMPLES_DIR for f in files)
+    assert files[0].stem.endswith("-clean")
+    linked = sorted((REPO_ROOT / "demo" / "examples").glob("*.png"))
+    assert [f.name for f in linked] == sorted(f.name for f in files)
+    assert all(f.read_bytes() == (demo_app.EXAMPLES_DIR / f.name).read_bytes() for f in linked)
+
+
+def test_only_the_adapters_import_the_frameworks():
+    """``ts`` is imported only by integrations/torchserve_handler.py, ``gradio`` only by
+    integrations/gradio_app.py; the launchers and the CLI start without either."""
+    import ast
+
+    package = Path(demo_app.__file__).resolve().parents[1]
+    owners = {"ts": "torchserve_handler.py", "gradio": "gradio_app.py"}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            for root, owner in owners.items():
+                if root in roots:
+                    assert path == package / "integrations" / owner, (path, root)
+    code = (
+        "import sys, rws_hub.integrations, rws_hub.launch.stack, rws_hub.launch.soak, "
+        "rws_hub.cli; rws_hub.cli.build_parser(); "
+        "bad = {'ts', 'gradio'} & {m.split('.')[0] for m in sys.modules}; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=120)
+
+
+def test_checkout_entry_points_run_the_packaged_app():
+    """``python demo/app.py`` (same options) and ``python -m rws_hub.integrations.gradio_app``
+    are the packaged app; ``demo.app`` re-exports its API."""
+    for cmd in (["demo/app.py"], ["-m", "rws_hub.integrations.gradio_app"]):
+        done = subprocess.run(
+            [sys.executable, *cmd, "--help"], capture_output=True, text=True, cwd=REPO_ROOT
+        )
+        assert done.returncode == 0, done.stderr
+        for option in ("--model", "--server", "--token-file", "--management-url", "--device"):
+            assert option in done.stdout, (cmd, option)
+    code = (
+        "from demo.app import LocalBackend, build_app, launch, main; "
+        "from rws_hub.integrations import gradio_app as g; "
+        "assert (build_app, launch, main, LocalBackend) == "
+        "(g.build_app, g.launch, g.main, g.LocalBackend)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=120)
+
+
 def test_rws_demo_prints_the_url_and_stops_on_ctrl_c(folder):
-    """`rws demo` as a user runs it: prints the URL, serves the page, exits 0 on SIGINT."""
+    """`rws demo FOLDER` as a user runs it: prints the URL, serves the page, exits 0 on SIGINT."""
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [*RWS, "demo", "--model", str(folder), "--port", str(port)],
+        [*RWS, "demo", str(folder), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,7 +15,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import re  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -51,10 +50,7 @@ from helpers.hub import REPO_ROOT, make_tiny_folder  # noqa: E402
 
 from rws_hub.inference.engine import Engine  # noqa: E402
 from rws_hub.inference.parsing import decode_image  # noqa: E402
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-from demo import app as demo_app  # noqa: E402
+from rws_hub.integrations import gradio_app as demo_app  # noqa: E402
 
 EMBEDDED = REPO_ROOT / "model-store" / "cifar10-vgg16"
 EXAMPLE = REPO_ROOT / "demo" / "examples" / "automobile-gaussian_noise.png"

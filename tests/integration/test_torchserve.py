@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import random
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 requests = pytest.importorskip("requests")
 
+from helpers.hub import REPO_ROOT  # noqa: E402
 from helpers.serving import (  # noqa: E402
     HAVE_TORCHSERVE,
     NAMES,
@@ -30,7 +32,9 @@ from helpers.serving import (  # noqa: E402
 
 from rws_hub.cli import main as rws_main  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
+from rws_hub.launch import locations  # noqa: E402
 from rws_hub.launch import torchserve as serving  # noqa: E402
+from rws_hub.launch.processes import pid_alive  # noqa: E402
 
 pytestmark = [
     pytest.mark.server,
@@ -275,5 +279,47 @@ def test_kservev2_envelope_via_cli(folder, engine, tmp_path):
         assert r.status_code == 200, r.text  # and the worker still answers
     finally:
         assert rws_main(["serve", "--stop", "--run-dir", str(run_dir)]) == 0
-    assert java is not None and not serving._pid_alive(java)
+    assert java is not None and not pid_alive(java)
     assert serving.Server.attach(run_dir) is None
+
+
+def test_the_worker_runs_the_archived_handler_and_package(server):
+    """The archive holds the packaged handler and a copy of the running ``rws_hub``; the
+    worker runs that copy (the archive's directory comes first on its path)."""
+    archive = server.run_dir / "model-store" / server.opts.model_name
+    handler = archive / "torchserve_handler.py"
+    assert handler.read_bytes() == locations.handler_file().read_bytes()
+    package = locations.package_dir()
+    copied = {p.relative_to(archive / "rws_hub") for p in (archive / "rws_hub").rglob("*.py")}
+    assert copied == {p.relative_to(package) for p in package.rglob("*.py")}
+    log = (server.run_dir / "logs" / "model_log.log").read_text(errors="replace")
+    found = re.findall(r"rws: serving .* \(rws_hub \S+ from (\S+)\)", log)
+    assert found and Path(found[-1]) == archive / "rws_hub", found
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("rws_hub/integrations/torchserve_handler.py", "torchserve_handler"),
+        ("handlers/rws_handler.py", "rws_handler"),
+    ],
+)
+def test_torchserve_finds_one_handler_class(path, name):
+    """TorchServe 0.12 imports the handler file as a top-level module and takes the one class
+    defined in it: the packaged file and the checkout's thin file both have exactly one."""
+    import importlib.util
+    import sys
+
+    from ts.torch_handler.base_handler import BaseHandler
+    from ts.utils.util import list_classes_from_module
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        classes = list_classes_from_module(module)
+    finally:
+        del sys.modules[name]
+    assert len(classes) == 1 and issubclass(classes[0], BaseHandler), classes
+    assert not hasattr(module, "handle"), "a module-level handle() would be used instead"
