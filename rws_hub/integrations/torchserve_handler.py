@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-import rws_hub
 from rws_hub.errors import RequestError
 from rws_hub.inference.engine import Engine
 from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser
+from rws_hub.launch.locations import package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -187,13 +187,12 @@ class RWSHandler(BaseHandler):
         for rel, reason in self.engine.refused.items():
             logger.warning("rws: refused %s: %s", rel, reason)
         logger.info(
-            "rws: serving %s on %s (%s) with signatures %s (rws_hub %s from %s)",
+            "rws: serving %s on %s (%s) with signatures %s (rws_hub from %s)",
             folder,
             device,
             dtype,
             ", ".join(self.engine.defaults) or "none",
-            rws_hub.__version__,
-            Path(rws_hub.__file__).parent,
+            package_dir(),
         )
         self.initialized = True
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import rws_hub
-
 __all__ = [
     "DEFAULT_FOLDER",
     "DEMO_MODULE",
@@ -38,7 +36,7 @@ DEMO_MODULE = "rws_hub.integrations.gradio_app"
 
 def package_dir() -> Path:
     """The directory of the running ``rws_hub`` package (site-packages or a checkout)."""
-    return Path(rws_hub.__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]  # rws_hub/launch/locations.py
 
 
 def handler_file() -> Path:

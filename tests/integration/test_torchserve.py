@@ -293,7 +293,7 @@ def test_the_worker_runs_the_archived_handler_and_package(server):
     copied = {p.relative_to(archive / "rws_hub") for p in (archive / "rws_hub").rglob("*.py")}
     assert copied == {p.relative_to(package) for p in package.rglob("*.py")}
     log = (server.run_dir / "logs" / "model_log.log").read_text(errors="replace")
-    found = re.findall(r"rws: serving .* \(rws_hub \S+ from (\S+)\)", log)
+    found = re.findall(r"rws: serving .* \(rws_hub from (\S+)\)", log)
     assert found and Path(found[-1]) == archive / "rws_hub", found
 
 
