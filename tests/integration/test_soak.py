@@ -1,10 +1,10 @@
-"""A short soak of a real TorchServe (the long form is ``benchmarks/soak.py``): concurrent
+"""A short soak of a real TorchServe with :func:`rws_hub.launch.soak.run_soak` (the long form is
+``benchmarks/soak.py``, the same function): concurrent
 requests with random mixes (and "auto") through batching; every answer equals the single-request
 in-process reference, nothing fails, and the worker is never restarted."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +18,7 @@ from helpers.serving import (
 )
 
 from rws_hub.inference.engine import Engine
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from soak import run_soak  # noqa: E402
+from rws_hub.launch.soak import run_soak
 
 pytestmark = [
     pytest.mark.server,
