@@ -7,9 +7,14 @@ import numbers
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
-from rws_hub.errors import InvalidMixError
+from rws_hub.errors import InvalidMixError, shorten
 
-__all__ = ["Mix", "format_alpha", "as_alpha"]
+__all__ = ["Mix", "format_alpha", "as_alpha", "DEFAULT_MAX_ALPHA"]
+
+DEFAULT_MAX_ALPHA = 10.0
+"""The bound on ``|alpha|`` every serving path (engine, REST, demo, torch.hub) applies unless
+configured otherwise: ten times a signature's full strength is far past any useful patch, and
+far below where float32 weights overflow."""
 
 _FORBIDDEN_IN_NAMES = ",:"
 
@@ -33,7 +38,7 @@ def as_alpha(name: str, value: Any) -> float:
             if isinstance(item, numbers.Real) and not isinstance(item, bool):
                 return float(item)
         raise InvalidMixError(
-            f"alpha for {name!r} must be a number, got {type(value).__name__} {value!r}"
+            f"alpha for {shorten(name)} must be a number, got {type(value).__name__} {shorten(value)}"
         )
     return float(value)
 
@@ -41,13 +46,13 @@ def as_alpha(name: str, value: Any) -> float:
 def _check_name(name: Any) -> str:
     if not isinstance(name, str):
         raise InvalidMixError(
-            f"signature names must be strings, got {type(name).__name__} {name!r}"
+            f"signature names must be strings, got {type(name).__name__} {shorten(name)}"
         )
     stripped = name.strip()
     if not stripped:
         raise InvalidMixError("empty signature name in mix")
     if any(c in stripped for c in _FORBIDDEN_IN_NAMES):
-        raise InvalidMixError(f"signature name {stripped!r} may not contain ',' or ':'")
+        raise InvalidMixError(f"signature name {shorten(stripped)} may not contain ',' or ':'")
     return stripped
 
 
@@ -64,18 +69,20 @@ def _checked(
     for raw_name, value in pairs:
         name = _check_name(raw_name)
         if name in checked:
-            raise InvalidMixError(f"signature {name!r} appears twice in the mix")
+            raise InvalidMixError(f"signature {shorten(name)} appears twice in the mix")
         if known is not None and name not in known:
             listing = ", ".join(sorted(known)) if known else "none are loaded"
-            raise InvalidMixError(f"unknown signature {name!r}; known: {listing}")
+            raise InvalidMixError(f"unknown signature {shorten(name)}; known: {listing}")
         alpha = as_alpha(name, value)
         if not math.isfinite(alpha):
-            raise InvalidMixError(f"alpha for {name!r} must be finite, got {alpha}")
+            raise InvalidMixError(f"alpha for {shorten(name)} must be finite, got {alpha}")
         if alpha < 0 and not allow_negative:
-            raise InvalidMixError(f"alpha for {name!r} is negative ({alpha}); not allowed here")
+            raise InvalidMixError(
+                f"alpha for {shorten(name)} is negative ({alpha}); not allowed here"
+            )
         if max_alpha is not None and abs(alpha) > max_alpha:
             raise InvalidMixError(
-                f"alpha for {name!r} is {format_alpha(alpha)}, above the maximum "
+                f"alpha for {shorten(name)} is {format_alpha(alpha)}, above the maximum "
                 f"{format_alpha(max_alpha)}"
             )
         checked[name] = alpha
@@ -161,7 +168,7 @@ class Mix(Mapping[str, float]):
                 else:
                     raise InvalidMixError(
                         "a mix list holds signature names or [name, alpha] pairs, "
-                        f"got {type(item).__name__} {item!r}"
+                        f"got {type(item).__name__} {shorten(item)}"
                     )
         else:
             raise InvalidMixError(
@@ -181,7 +188,7 @@ class Mix(Mapping[str, float]):
         for part in text.split(","):
             part = part.strip()
             if not part:
-                raise InvalidMixError(f"empty entry in mix {text!r}")
+                raise InvalidMixError(f"empty entry in mix {shorten(text)}")
             if ":" in part:
                 name, _, value = part.partition(":")
                 name = name.strip()
@@ -189,7 +196,7 @@ class Mix(Mapping[str, float]):
                     alpha = float(value.strip())
                 except ValueError:
                     raise InvalidMixError(
-                        f"alpha for {name!r} is not a number: {value.strip()!r}"
+                        f"alpha for {shorten(name)} is not a number: {shorten(value.strip())}"
                     ) from None
                 pairs.append((name, alpha))
             else:

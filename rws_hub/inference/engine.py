@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rws_hub.core.deltas import Delta, DenseDelta, QuantizedDelta, patched_value
-from rws_hub.core.mix import Mix
+from rws_hub.core.mix import DEFAULT_MAX_ALPHA, Mix
 from rws_hub.core.signature import Signature
 from rws_hub.detect.detector import auto_patcher_from_folder
 from rws_hub.errors import InvalidMixError, RequestError, RWSError, SignatureMismatchError
@@ -241,7 +241,9 @@ class Engine:
         dtype: compute precision (default float32). ``torch.float16`` / ``torch.bfloat16`` are
             meant for GPUs; patched weights are always built in float32, then cast.
         cache_bytes: bound of the LRU cache of per-mix patched weights.
-        max_alpha: largest ``|alpha|`` a mix may use (``None``: no bound).
+        max_alpha: largest ``|alpha|`` a mix may use; ``None`` is
+            :data:`~rws_hub.core.mix.DEFAULT_MAX_ALPHA` (10), ``math.inf`` no bound. A
+            signature whose ``default_alpha`` exceeds it is refused.
         allow_negative: accept negative alphas (taking a signature off a patched base).
         detector: the hook behind the ``"auto"`` mix (see :data:`Detector`).
         input_size: the (H, W) the model expects; informs request parsing.
@@ -284,7 +286,10 @@ class Engine:
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise ValueError("float16 is for GPUs; use float32 or bfloat16 on the CPU")
         self.name = name
-        self.max_alpha = max_alpha
+        bound = DEFAULT_MAX_ALPHA if max_alpha is None else float(max_alpha)
+        if not bound > 0:  # also refuses NaN
+            raise ValueError(f"max_alpha must be positive, got {max_alpha!r}")
+        self.max_alpha: float | None = None if math.isinf(bound) else bound
         self.allow_negative = allow_negative
         self.detector = detector
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -334,7 +339,14 @@ class Engine:
 
     def _check(self, sig: Signature) -> None:
         """Refuse a signature whose tensors the model lacks, or that are not Conv2d/Linear
-        weights or biases, or have another shape."""
+        weights or biases, have another shape, hold non-finite or absurd values (a delta above
+        1000 times the larger of 1 and the weight's largest magnitude), or whose default alpha
+        is above the engine's bound."""
+        a = sig.default_alpha
+        if not math.isfinite(a) or (self.max_alpha is not None and abs(a) > self.max_alpha):
+            raise SignatureMismatchError(
+                f"signature {sig.name!r}: default_alpha {a!r} is above the bound {self.max_alpha}"
+            )
         for tname, delta in sig.tensors.items():
             have = self._state_tensors.get(tname)
             if have is None:
@@ -352,6 +364,13 @@ class Engine:
                 raise SignatureMismatchError(
                     f"signatures patch {tname!r}; the engine routes the weight and bias of "
                     "Conv2d and Linear layers only"
+                )
+            size = float(delta.detach().abs().max()) if delta.numel() else 0.0
+            limit = 1e3 * max(1.0, float(have.detach().abs().max()) if have.numel() else 0.0)
+            if not math.isfinite(size) or size > limit:
+                raise SignatureMismatchError(
+                    f"signature {sig.name!r}: {tname} holds a delta of magnitude {size:.3g}, "
+                    f"above the sane limit {limit:.3g} for this weight (damaged or mis-scaled)"
                 )
 
     def _hold(self, sig: Signature) -> dict[str, Delta]:
@@ -444,8 +463,14 @@ class Engine:
                 kwargs["detector"] = auto_patcher_from_folder(folder, device=dev)
             except RWSError as exc:  # a damaged detector: serve without "auto", say why
                 folder.refused["detector.safetensors"] = str(exc)
-        engine = cls(folder.model, folder.signatures, device=dev, copy=False, **kwargs)
-        engine.refused = dict(folder.refused)
+        engine = cls(folder.model, (), device=dev, copy=False, **kwargs)
+        refused = dict(folder.refused)
+        for name, sig in folder.signatures.items():
+            try:
+                engine.add_signature(sig)
+            except SignatureMismatchError as exc:  # serve the others, say why
+                refused[f"signatures/{name}"] = str(exc)
+        engine.refused = refused
         engine.config = dict(config)
         return engine
 
@@ -497,7 +522,7 @@ class Engine:
             "input_size": list(self.input_size),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "max_alpha": self.max_alpha,
+            "max_alpha": self.max_alpha,  # None: unbounded
             "allow_negative": self.allow_negative,
             "auto": self.detector is not None,
             "resident": self.resident,
@@ -567,29 +592,39 @@ class Engine:
         parsed = [self.parse_mix(m) for m in mixes]
         auto = [i for i, m in enumerate(parsed) if m == AUTO]
         if auto:
-            if self.detector is None:
-                raise RequestError(
-                    '"auto" needs a corruption detector, and this model has none loaded; '
-                    "name the signatures instead",
-                    400,
-                )
-            detect = getattr(self.detector, "detect", None)
-            if callable(detect):
-                found = detect(images[auto])
-                chosen = [d.mix for d in found]
-                if detected is not None:
-                    for i, d in zip(auto, found, strict=True):
-                        detected[i] = d.to_json()
-            else:
-                chosen = self.detector(images[auto])
-            if len(chosen) != len(auto):
-                raise RuntimeError("the detector returned a different number of mixes")
-            for i, m in zip(auto, chosen, strict=True):
-                resolved = self.parse_mix(m)
-                if not isinstance(resolved, Mix):
-                    raise RuntimeError("the detector answered 'auto'")
-                parsed[i] = resolved
+            for i, m in zip(auto, self._detect(images, auto, detected), strict=True):
+                parsed[i] = m
         return parsed  # type: ignore[return-value]
+
+    def _detect(
+        self, images: torch.Tensor, rows: list[int], detected: list[Any] | None
+    ) -> list[Mix]:
+        """The detector's mix for each of ``rows`` (validated like a client's); a detector
+        with a ``detect`` method also reports what it saw into ``detected[i]``."""
+        if self.detector is None:
+            raise RequestError(
+                '"auto" needs a corruption detector, and this model has none loaded; '
+                "name the signatures instead",
+                400,
+            )
+        detect = getattr(self.detector, "detect", None)
+        if callable(detect):
+            found = detect(images[rows])
+            chosen = [d.mix for d in found]
+            if detected is not None:
+                for i, d in zip(rows, found, strict=True):
+                    detected[i] = d.to_json()
+        else:
+            chosen = self.detector(images[rows])
+        if len(chosen) != len(rows):
+            raise RuntimeError("the detector returned a different number of mixes")
+        out = []
+        for m in chosen:
+            resolved = self.parse_mix(m)
+            if not isinstance(resolved, Mix):
+                raise RuntimeError("the detector answered 'auto'")
+            out.append(resolved)
+        return out
 
     # -- weights --------------------------------------------------------------------------
 
@@ -670,9 +705,15 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, mixes
 
-    def _logits(self, x: torch.Tensor, resolved: Sequence[Mix]) -> torch.Tensor:
+    def _logits(
+        self,
+        x: torch.Tensor,
+        resolved: Sequence[Mix],
+        built: Mapping[Mix, Any] | None = None,
+    ) -> torch.Tensor:
         """Logits of ``x`` (from :meth:`_inputs`) under mixes already resolved by
-        :meth:`_resolve`, one per row; the one inference path behind every public call."""
+        :meth:`_resolve`, one per row; the one inference path behind every public call.
+        ``built`` may hold the patched weights of some mixes already."""
         n = x.shape[0]
         if n == 0:
             return torch.empty(0, len(self.classes), device=self.device)
@@ -693,8 +734,12 @@ class Engine:
             for c in counts:
                 bounds.append((start, start + c))
                 start += c
+            built = built or {}
             weights = tuple(
-                tuple([None] * len(self._slots)) if k.is_empty else self._patched(k) for k in keys
+                tuple([None] * len(self._slots))
+                if k.is_empty
+                else (built[k] if k in built else self._patched(k))
+                for k in keys
             )
             plan = _Plan(tuple(bounds), weights)
             perm = None if order == list(range(n)) else torch.tensor(order, device=self.device)
@@ -727,32 +772,105 @@ class Engine:
         ``"auto"`` rows the mix is the one the detector chose and ``"auto": True`` is added,
         with ``"detected": [{"class": name, "probability": p}, ...]`` (the detector's top
         classes, ``"clean"`` included) when the detector reports them.
+
+        Raises the first row's error (see :meth:`classify_rows` for answers per row).
         """
+        answers = self.classify_rows(images, mixes, top_k)
+        for a in answers:
+            if isinstance(a, RWSError):
+                raise a
+        return answers  # type: ignore[return-value]
+
+    def classify_rows(
+        self,
+        images: torch.Tensor,
+        mixes: Sequence[MixLike] | MixLike = None,
+        top_k: int | Sequence[int] = 5,
+    ) -> list[dict[str, Any] | RequestError]:
+        """Like :meth:`classify`, but every error that belongs to one image answers that image
+        alone: a :class:`RequestError` in its place (status 400 for an invalid mix or an image
+        holding NaN/inf, 422 when its weights cannot be built or its output is not finite, e.g.
+        strengths that overflow float32) while the other images are answered normally. No
+        answer ever holds a non-finite number."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
         n = images.shape[0]
         mixes = _per_image(mixes, n)
+        if len(mixes) != n:
+            raise ValueError(f"{n} images but {len(mixes)} mixes")
         ks = [int(top_k)] * n if isinstance(top_k, int) else [int(k) for k in top_k]
         if len(ks) != n:
             raise ValueError(f"{n} images but {len(ks)} top_k values")
+        errors: list[RequestError | None] = [None] * n
+        finite = torch.isfinite(images.reshape(n, -1)).all(dim=1).tolist() if n else []
+        parsed: list[Mix | Literal["auto"] | None] = [None] * n
+        for i in range(n):
+            if not finite[i]:
+                errors[i] = RequestError("the image holds NaN or infinite pixel values", 400)
+                continue
+            try:
+                parsed[i] = self.parse_mix(mixes[i])
+            except InvalidMixError as exc:
+                errors[i] = RequestError(str(exc), 400)
         detected: list[Any] = [None] * n
-        resolved = self._resolve(images, mixes, detected)
-        x, _ = self._inputs(images, resolved)
-        logits = self._logits(x, resolved)
+        auto = [i for i in range(n) if parsed[i] == AUTO]
+        if auto:
+            try:
+                for i, m in zip(auto, self._detect(images, auto, detected), strict=True):
+                    parsed[i] = m
+            except RequestError as exc:  # "auto" without a detector: those rows only
+                for i in auto:
+                    errors[i] = exc
+        # Weights per distinct mix; a mix whose weights cannot be built fails its rows only.
+        weights: dict[Mix, Any] = {}
+        for i in range(n):
+            m = parsed[i]
+            if errors[i] is not None or not isinstance(m, Mix) or m in weights or m.is_empty:
+                continue
+            try:
+                weights[m] = self._patched(m)
+            except InvalidMixError as exc:
+                weights[m] = RequestError(str(exc), 400)
+            except (RuntimeError, OverflowError, ValueError) as exc:
+                weights[m] = RequestError(
+                    f"the weights for mix {str(m)[:200]} cannot be built ({str(exc)[:200]}); "
+                    "lower the strengths",
+                    422,
+                )
+        for i in range(n):
+            w = weights.get(parsed[i]) if isinstance(parsed[i], Mix) else None
+            if errors[i] is None and isinstance(w, RequestError):
+                errors[i] = w
+        ok = [i for i in range(n) if errors[i] is None]
+        answers: list[dict[str, Any] | RequestError] = [e for e in errors]  # type: ignore[misc]
+        if not ok:
+            return answers
+        resolved = [parsed[i] for i in ok]
+        x, _ = self._inputs(images[ok], resolved)
+        logits = self._logits(x, resolved, weights)  # type: ignore[arg-type]
         probs = torch.softmax(logits, dim=1).cpu()
+        good = torch.isfinite(logits).all(dim=1).cpu().tolist()
         kmax = max(1, min(max(ks, default=1), probs.shape[1]))
         values, indices = probs.topk(kmax, dim=1)
-        answers = []
-        for i in range(n):
+        for row, i in enumerate(ok):
+            if not good[row]:
+                answers[i] = RequestError(
+                    "the patched model's output is not finite for this image (the strengths "
+                    "are too large for these weights); lower the alphas",
+                    422,
+                )
+                continue
             k = max(1, min(ks[i], probs.shape[1]))
             preds = [
                 {"class": self.classes[int(j)], "probability": float(p)}
-                for p, j in zip(values[i, :k].tolist(), indices[i, :k].tolist(), strict=True)
+                for p, j in zip(values[row, :k].tolist(), indices[row, :k].tolist(), strict=True)
             ]
-            answer: dict[str, Any] = {"predictions": preds, "mix": dict(resolved[i])}
+            answer: dict[str, Any] = {"predictions": preds, "mix": dict(parsed[i])}  # type: ignore[arg-type]
             if _is_auto(mixes[i]):
                 answer["auto"] = True
                 if detected[i] is not None:
                     answer["detected"] = detected[i]
-            answers.append(answer)
+            answers[i] = answer
         return answers
 
     def as_module(self, mix: MixLike = AUTO) -> MixedModel:

@@ -41,7 +41,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rws_hub.core.mix import Mix
-from rws_hub.errors import InvalidMixError, RequestError
+from rws_hub.errors import InvalidMixError, RequestError, shorten
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -151,7 +151,7 @@ class RequestParser:
         elif isinstance(body, str):
             if ctype and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
                 raise RequestError(
-                    f"unsupported Content-Type {ctype!r} for a text body; send JSON "
+                    f"unsupported Content-Type {shorten(ctype)} for a text body; send JSON "
                     "(application/json) or image bytes (image/png, image/jpeg, ...)",
                     415,
                 )
@@ -191,7 +191,7 @@ class RequestParser:
                 top_k=self.parse_top_k(_text(query.get("top_k"), "top_k"), text=True),
             )
         raise RequestError(
-            f"unsupported Content-Type {ctype!r}; send application/json or image bytes "
+            f"unsupported Content-Type {shorten(ctype)}; send application/json or image bytes "
             "(image/png, image/jpeg, application/octet-stream)",
             415,
         )
@@ -232,7 +232,7 @@ class RequestParser:
         if isinstance(value, str) and text:
             digits = value.strip()  # ASCII only: '²' is a digit to str, not to int()
             if not (digits.isascii() and digits.isdigit()) or len(digits) > 6:
-                raise RequestError(f"'top_k' must be an integer, got {value!r}", 400)
+                raise RequestError(f"'top_k' must be an integer, got {shorten(value)}", 400)
             value = int(digits)
         elif isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer() and math.isfinite(value):
@@ -364,6 +364,8 @@ def _to_rgb_array(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     if mode.startswith("I;16") or mode in ("I", "F"):
         scale = 1.0 if mode == "F" else 65535.0
         gray = img.convert("F") if mode != "F" else img
+        if not np.isfinite(np.asarray(gray, dtype=np.float32)).all():
+            raise RequestError("the image holds NaN or infinite pixel values", 400)
         gray = ImageOps.fit(gray, target, method=Image.Resampling.BILINEAR)
         arr = np.clip(np.asarray(gray, dtype=np.float32) / scale, 0.0, 1.0)
         return np.repeat(arr[:, :, None], 3, axis=2)
@@ -416,7 +418,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise RequestError(f"duplicate key {key!r} in the JSON body", 400)
+            raise RequestError(f"duplicate key {shorten(key)} in the JSON body", 400)
         out[key] = value
     return out
 
@@ -443,7 +445,7 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
+        return f"a number ({shorten(value)})"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):

@@ -82,3 +82,15 @@ def test_negative_when_allowed_and_known_empty() -> None:
 def test_constructor_validates() -> None:
     with pytest.raises(InvalidMixError):
         Mix({"fog": float("nan")})
+
+
+def test_error_messages_echo_client_input_bounded() -> None:
+    from rws_hub.errors import MAX_MESSAGE, RequestError
+
+    huge = "x" * 5_000_000
+    for bad in (f"{huge}:1", {huge: 1.0}, {"fog": huge}):
+        with pytest.raises(InvalidMixError) as info:
+            Mix.parse(bad, known={"fog"})
+        assert len(str(info.value)) < 300, len(str(info.value))
+    assert len(str(RequestError("y" * 10**6))) <= MAX_MESSAGE
+    assert len(str(InvalidMixError("z" * 10**6))) <= MAX_MESSAGE

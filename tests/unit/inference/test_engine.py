@@ -366,3 +366,41 @@ def test_add_signature_routing_new_layers(setup) -> None:
     )
     with pytest.raises(SignatureMismatchError):
         eng.add_signature(Signature("bad", {"nope.weight": torch.zeros(1)}))
+
+
+def test_rows_fail_alone_and_answers_are_finite(setup) -> None:
+    """Bad rows (NaN pixels, alpha overflowing float32, outputs gone non-finite, unknown names)
+    get their own error; the good rows of the same call get exactly their answers."""
+    import json
+    import math
+
+    model, sigs = setup
+    eng = Engine(model, sigs, device="cpu", max_alpha=math.inf, allow_negative=True)
+    x = torch.rand(6, 3, 32, 32)
+    x[1, 0, 3, 3] = float("nan")
+    mixes = [{"fog": 0.5}, {"fog": 0.5}, {"fog": 1e308}, {"fog": 5e30}, {"nope": 1.0}, None]
+    rows = eng.classify_rows(x, mixes, top_k=3)
+    assert [getattr(r, "status", 200) for r in rows] == [200, 400, 422, 422, 400, 200]
+    assert "NaN" in str(rows[1]) and "nope" in str(rows[4])
+    good = eng.classify(x[[0, 5]], [mixes[0], mixes[5]], top_k=3)
+    assert [rows[0], rows[5]] == good
+    json.dumps(good, allow_nan=False)  # valid JSON: no NaN anywhere
+    with pytest.raises(RequestError):
+        eng.classify(x, mixes)
+
+
+def test_default_alpha_bound_and_absurd_signatures(setup, tmp_path) -> None:
+    from rws_hub.core.mix import DEFAULT_MAX_ALPHA
+
+    model, sigs = setup
+    eng = Engine(model, sigs, device="cpu")
+    assert eng.max_alpha == DEFAULT_MAX_ALPHA and eng.describe()["max_alpha"] == DEFAULT_MAX_ALPHA
+    with pytest.raises(InvalidMixError, match="above"):
+        eng.predict(torch.rand(1, 3, 32, 32), {"fog": 5e6})
+    loud = sigs["fog"].replace(name="loud", default_alpha=1e6)
+    with pytest.raises(SignatureMismatchError, match="default_alpha"):
+        Engine(model, [loud], device="cpu")
+    huge = Signature("huge", {k: v * 1e9 for k, v in sigs["fog"].tensors.items()})
+    with pytest.raises(SignatureMismatchError, match="sane limit"):
+        Engine(model, [huge], device="cpu")
+    assert Engine(model, sigs, device="cpu", max_alpha=float("inf")).describe()["max_alpha"] is None

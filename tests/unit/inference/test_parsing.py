@@ -289,3 +289,14 @@ def test_content_types(parser):
         body = "hello" if ctype == "text/plain" else png
         status, msg = status_of(parser, body, content_type=ctype)
         assert status == 415 and "Content-Type" in msg
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_float_tiff_with_non_finite_pixels_is_refused(bad: float) -> None:
+    arr = np.full((32, 32), 0.5, dtype=np.float32)
+    arr[4, 7] = bad
+    buf = io.BytesIO()
+    Image.fromarray(arr, "F").save(buf, format="TIFF")
+    with pytest.raises(RequestError, match="NaN or infinite") as info:
+        decode_image(buf.getvalue())
+    assert info.value.status == 400
