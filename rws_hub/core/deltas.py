@@ -26,7 +26,14 @@ from torch import nn
 
 from rws_hub.core.quantization import QuantizedTensor, dequantize_codes
 
-__all__ = ["Delta", "DenseDelta", "QuantizedDelta", "patched_value", "layer_output"]
+__all__ = [
+    "Delta",
+    "DenseDelta",
+    "QuantizedDelta",
+    "patched_value",
+    "layer_output",
+    "value_floor",
+]
 
 
 @runtime_checkable
@@ -142,12 +149,21 @@ class QuantizedDelta:
         return f"QuantizedDelta({tuple(self.shape)}, int{self.bits} {self.scheme})"
 
 
-def patched_value(base: torch.Tensor, terms: Iterable[tuple[Delta, float]]) -> torch.Tensor:
+def value_floor(name: str) -> float | None:
+    """The smallest value a patched tensor may take, by its state-dict name: 0 for a batch
+    norm's ``running_var`` (a variance; deltas scaled by α > 1 or composed could push it below
+    zero), else None."""
+    return 0.0 if name.endswith("running_var") else None
+
+
+def patched_value(
+    base: torch.Tensor, terms: Iterable[tuple[Delta, float]], floor: float | None = None
+) -> torch.Tensor:
     """``base + Σ α·delta`` as a new tensor: the one kernel behind patching and serving.
 
     Accumulates in float32 (float64 for float64 bases): the first term fused with the base
-    (``base + α·d``), the others added in place, then cast to the base's dtype. With no terms,
-    a copy of ``base``.
+    (``base + α·d``), the others added in place, then clamped at ``floor`` when given (see
+    :func:`value_floor`) and cast to the base's dtype. With no terms, a copy of ``base``.
     """
     acc = torch.float64 if base.dtype == torch.float64 else torch.float32
     out: torch.Tensor | None = None
@@ -159,4 +175,6 @@ def patched_value(base: torch.Tensor, terms: Iterable[tuple[Delta, float]]) -> t
             out.add_(d, alpha=alpha)
     if out is None:
         return base.detach().clone()
+    if floor is not None:
+        out.clamp_(min=floor)
     return out if out.dtype == base.dtype else out.to(base.dtype)

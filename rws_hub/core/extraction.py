@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rws_hub.core.formats import as_state_dict
-from rws_hub.core.layers import shallow_params
+from rws_hub.core.layers import BN_COVERS, shallow_units, unit_params
 from rws_hub.core.lineage import fingerprint
 from rws_hub.core.signature import Signature
 from rws_hub.errors import SignatureMismatchError
@@ -60,6 +60,8 @@ def extract(
     architecture: str | None = None,
     kind: str = "corruption",
     default_alpha: float = 1.0,
+    bn: str = "stats",
+    stats: str = "project",
 ) -> Signature:
     """Extract the signature of one corruption.
 
@@ -69,8 +71,16 @@ def extract(
         clean: θ_std, θ_pre fine-tuned on clean data.
         robust: θ_c, θ_pre fine-tuned on data with corruption c.
         name: the signature's name (a lower-case identifier such as ``"fog"``).
-        layers: K, how many of the shallowest conv layers to cover (weight and bias of
-            each), chosen by :func:`rws_hub.shallow_params` on ``clean``.
+        layers: K, how many of the shallowest units to cover: a conv (weight and bias) and,
+            on batch-norm networks, the batch norm it feeds; chosen by
+            :func:`rws_hub.core.layers.unit_params` on ``clean``. Without batch norm these are
+            the first K conv layers (:func:`rws_hub.shallow_params`).
+        bn: what a unit's batch norm contributes (:data:`~rws_hub.core.layers.BN_COVERS`):
+            ``"stats"`` (default: scale, shift and running statistics), ``"affine"`` (scale
+            and shift) or ``"none"`` (the conv only).
+        stats: how running statistics become deltas: ``"project"`` (like every other tensor:
+            τ_c without its component along τ_std) or ``"swap"`` (θ_c − θ_std, so α = 1
+            gives the robust model's statistics on the clean backbone).
         params: explicit tensor names instead (then ``layers`` is not recorded).
         provenance: extra JSON-able facts to record (merged over the defaults).
         architecture: recorded architecture; default the model's ``rws_architecture``
@@ -79,8 +89,12 @@ def extract(
     The signature's ``lineage`` is ``fingerprint(pretrained)``; tensors are computed in
     float64 and stored as fp32.
     """
+    if bn not in BN_COVERS:
+        raise ValueError(f"bn must be one of {', '.join(BN_COVERS)}, got {bn!r}")
+    if stats not in ("project", "swap"):
+        raise ValueError(f"stats must be 'project' or 'swap', got {stats!r}")
     sd_pre, sd_std, sd_c = (as_state_dict(m) for m in (pretrained, clean, robust))
-    names = list(params) if params is not None else shallow_params(clean, layers)
+    names = list(params) if params is not None else unit_params(clean, layers, bn=bn)
     if not names:
         raise SignatureMismatchError("no tensors selected: the model has no conv layers")
     tensors: dict[str, torch.Tensor] = {}
@@ -102,12 +116,17 @@ def extract(
         pre = sd_pre[n].detach().to("cpu", torch.float64)
         tau_std = sd_std[n].detach().to("cpu", torch.float64) - pre
         tau_c = sd_c[n].detach().to("cpu", torch.float64) - pre
-        tensors[n] = project(tau_c, tau_std).to(torch.float32)
+        if stats == "swap" and n.endswith((".running_mean", ".running_var")):
+            tensors[n] = (tau_c - tau_std).to(torch.float32)  # θ_c − θ_std
+        else:
+            tensors[n] = project(tau_c, tau_std).to(torch.float32)
     prov: dict[str, Any] = {
         "method": "rws-projection",
         "clean": fingerprint(sd_std),
         "robust": fingerprint(sd_c),
     }
+    if params is None and any(u.norm for u in shallow_units(clean, layers)):
+        prov["bn"] = {"covers": bn, "stats": stats}
     prov.update(provenance or {})
     return Signature(
         name,

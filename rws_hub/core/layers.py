@@ -10,6 +10,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,29 +18,53 @@ from torch import nn
 
 from rws_hub.core.formats import read
 
-__all__ = ["shallow_params", "conv_layers"]
+__all__ = ["shallow_params", "conv_layers", "Unit", "shallow_units", "unit_params", "BN_COVERS"]
+
+BN_COVERS = ("none", "affine", "stats")
+"""What a signature carries of a unit's batch norm: nothing, its scale and shift, or scale,
+shift and running statistics (mean and variance)."""
 
 
 def _trace_conv_order(model: nn.Module, size: int) -> list[str]:
     """Names of the ``nn.Conv2d`` modules in the order a forward pass calls them."""
+    return _trace(model, size)[0]
+
+
+def _trace(model: nn.Module, size: int) -> tuple[list[str], dict[str, str]]:
+    """Conv names in forward-call order, and ``{conv: batch norm}`` for every conv whose output
+    a batch-norm layer takes directly as its input (a *unit*)."""
     names: dict[nn.Module, str] = {}
+    norms: dict[nn.Module, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module not in names:
             names[module] = name
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module not in norms:
+            norms[module] = name
     order: list[str] = []
     seen: set[str] = set()
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> conv (tensor kept alive)
+    pairs: dict[str, str] = {}
 
-    def hook(module: nn.Module, _inputs: object, _output: object) -> None:
+    def hook(module: nn.Module, _inputs: object, output: object) -> None:
         name = names[module]
+        if isinstance(output, torch.Tensor):
+            outputs[id(output)] = (name, output)
         if name not in seen:
             seen.add(name)
             order.append(name)
+
+    def norm_hook(module: nn.Module, inputs: tuple[object, ...]) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            found = outputs.get(id(inputs[0]))
+            if found is not None and found[1] is inputs[0]:
+                pairs.setdefault(found[0], norms[module])
 
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(hook) for m in names]
+    handles += [m.register_forward_pre_hook(norm_hook) for m in norms]
     try:
         model.eval()  # no batch-norm statistics are updated by the probe
         with torch.no_grad():
@@ -51,7 +76,7 @@ def _trace_conv_order(model: nn.Module, size: int) -> list[str]:
             m.training = mode
     # Conv layers the forward pass never called go last, in registration order.
     order += [n for n in names.values() if n not in seen]
-    return order
+    return order, pairs
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -154,3 +179,108 @@ def shallow_params(
             f"the model has only {len(layer_names)} conv layers; asked for the first {k}"
         )
     return names
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A conv layer and the batch norm that takes its output directly (``norm`` None when
+    there is none): what a signature on a batch-norm network covers per layer."""
+
+    conv: str
+    norm: str | None = None
+
+    def tensors(self, available: Mapping[str, Any], bn: str = "stats") -> list[str]:
+        """State-dict names this unit covers in ``available``: the conv's weight (and bias), then
+        the norm's ``weight``/``bias`` (``bn`` "affine" or "stats") and ``running_mean``/
+        ``running_var`` ("stats")."""
+        names = [f"{self.conv}.{t}" for t in ("weight", "bias") if f"{self.conv}.{t}" in available]
+        if self.norm is not None and bn != "none":
+            kinds = ("weight", "bias") + (("running_mean", "running_var") if bn == "stats" else ())
+            names += [f"{self.norm}.{t}" for t in kinds if f"{self.norm}.{t}" in available]
+        return names
+
+
+def _check_bn(bn: str) -> None:
+    if bn not in BN_COVERS:
+        raise ValueError(f"bn must be one of {', '.join(BN_COVERS)}, got {bn!r}")
+
+
+def shallow_units(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
+    k: int | None,
+) -> list[Unit]:
+    """The first ``k`` units (conv + its batch norm) in forward order (``None``: all).
+
+    For a module the pairing is traced (a batch norm whose input is a conv's output); for a
+    state dict, a conv is paired with the batch norm registered next (before the next conv)
+    when its channel count matches -- true for torchvision's and this project's models.
+    Shortcut (downsample) convs count as units where forward calls them.
+    """
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise ValueError(f"k must be a positive int or None, got {k!r}")
+    if isinstance(model_or_state_dict, nn.Module):
+        pairs: dict[str, str] = {}
+        order: list[str] = []
+        if any(isinstance(m, nn.Conv2d) for m in model_or_state_dict.modules()):
+            for size in (32, 224):
+                try:
+                    order, pairs = _trace(model_or_state_dict, size)
+                    break
+                except Exception:  # the probe may not fit this model; try the next size
+                    continue
+            else:
+                order = conv_layers(model_or_state_dict)  # warns, registration order
+        units = [Unit(c, pairs.get(c)) for c in order]
+    else:
+        sd = _state_dict_of(model_or_state_dict)
+        keys = _ordered_keys(sd)
+        units = []
+        for i, key in enumerate(keys):
+            t = sd[key]
+            if not (key.endswith(".weight") and isinstance(t, torch.Tensor) and t.dim() == 4):
+                continue
+            conv = key.removesuffix(".weight")
+            norm = None
+            for later in keys[i + 1 :]:
+                v = sd[later]
+                if later.endswith(".weight") and isinstance(v, torch.Tensor) and v.dim() == 4:
+                    break  # the next conv: no norm in between
+                if later.endswith(".running_mean") and v.numel() == t.shape[0]:
+                    norm = later.removesuffix(".running_mean")
+                    break
+            units.append(Unit(conv, norm))
+    if k is not None and len(units) < k:
+        raise ValueError(f"the model has only {len(units)} conv layers; asked for the first {k}")
+    return units if k is None else units[:k]
+
+
+def unit_params(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
+    k: int | None,
+    *,
+    bn: str = "stats",
+) -> list[str]:
+    """Tensor names of the first ``k`` units (see :func:`shallow_units`): per unit the conv's
+    weight and bias, then what ``bn`` says of its batch norm (:data:`BN_COVERS`). On a network
+    without batch norm this is :func:`shallow_params`."""
+    _check_bn(bn)
+    if isinstance(model_or_state_dict, nn.Module):
+        available: Mapping[str, Any] = dict(model_or_state_dict.state_dict(keep_vars=True))
+    else:
+        available = _state_dict_of(model_or_state_dict)
+    return [n for u in shallow_units(model_or_state_dict, k) for n in u.tensors(available, bn)]
+
+
+def _state_dict_of(obj: Mapping[str, torch.Tensor] | str | os.PathLike) -> Mapping[str, Any]:
+    if isinstance(obj, (str, os.PathLike)):
+        return read("state_dict", obj)
+    if isinstance(obj, Mapping):
+        return obj
+    raise TypeError(
+        f"expected an nn.Module, a state dict or a .safetensors path, not {type(obj).__name__}"
+    )
+
+
+def _ordered_keys(sd: Mapping[str, Any]) -> list[str]:
+    keys = list(sd)
+    return sorted(keys, key=_natural_key) if keys == sorted(keys) else keys

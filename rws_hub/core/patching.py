@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rws_hub.core.deltas import DenseDelta, patched_value
+from rws_hub.core.deltas import DenseDelta, patched_value, value_floor
 from rws_hub.core.mix import Mix, as_alpha
 from rws_hub.core.signature import Signature
 from rws_hub.errors import InvalidMixError, SignatureMismatchError
@@ -142,7 +142,8 @@ def _patched_value(
     uses too (so the in-place, functional and served weights agree bitwise)."""
     # terms in signature-name order: the order a Mix iterates in, which the engine uses
     ordered = sorted((p for p in pairs if name in p[0].tensors), key=lambda p: p[0].name)
-    return patched_value(t.contiguous(), [(DenseDelta(s.tensors[name]), a) for s, a in ordered])
+    terms = [(DenseDelta(s.tensors[name]), a) for s, a in ordered]
+    return patched_value(t.contiguous(), terms, value_floor(name))
 
 
 def patched_tensors(

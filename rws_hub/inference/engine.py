@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rws_hub.core.deltas import Delta, DenseDelta, QuantizedDelta, patched_value
+from rws_hub.core.deltas import Delta, DenseDelta, QuantizedDelta, patched_value, value_floor
 from rws_hub.core.mix import DEFAULT_MAX_ALPHA, Mix
 from rws_hub.core.signature import Signature
 from rws_hub.detect.detector import auto_patcher_from_folder
@@ -70,12 +70,13 @@ def default_device() -> torch.device:
 class _Plan:
     """How one forward pass routes its rows: contiguous group slices and their weights.
 
-    ``weights[g][slot]`` is ``(weight, bias)`` for routed layer ``slot`` in group ``g``, or
+    ``weights[g][slot]`` is the tensors of routed layer ``slot`` in group ``g`` (in the order
+    of its ``_rws_attrs``: weight and bias; for batch norm also running mean and variance), or
     ``None`` where the group uses the layer's base weights.
     """
 
     bounds: tuple[tuple[int, int], ...]
-    weights: tuple[tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...], ...]
+    weights: tuple[tuple[tuple[torch.Tensor | None, ...] | None, ...], ...]
 
 
 class _RouteState(threading.local):
@@ -91,15 +92,16 @@ class _RouteState(threading.local):
 
 
 class _Routing:
-    """Mixin for Conv2d/Linear: with a plan set on this thread, run the layer once per group
-    of rows with that group's weights. The layer keeps its own parameters and names; the
-    engine turns a module into a routed one by switching its class."""
+    """Mixin for Conv2d/Linear/BatchNorm2d: with a plan set on this thread, run the layer once
+    per group of rows with that group's tensors. The layer keeps its own parameters, buffers
+    and names; the engine turns a module into a routed one by switching its class."""
 
     _rws_slot: int
     _rws_state: _RouteState
+    _rws_attrs: tuple[str, ...] = ("weight", "bias")
 
     def _patched_forward(
-        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+        self, x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]
     ) -> torch.Tensor:
         raise NotImplementedError
 
@@ -116,35 +118,57 @@ class _Routing:
             if patched is None:
                 outs.append(super().forward(rows))  # type: ignore[misc]
             else:
-                outs.append(self._patched_forward(rows, patched[0], patched[1]))
+                outs.append(self._patched_forward(rows, patched))
         return outs[0] if single else torch.cat(outs)
 
 
 class _RoutedConv2d(_Routing, nn.Conv2d):
     def _patched_forward(
-        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+        self, x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]
     ) -> torch.Tensor:
-        return self._conv_forward(x, w, b)
+        return self._conv_forward(x, tensors[0], tensors[1])
 
 
 class _RoutedLinear(_Routing, nn.Linear):
     def _patched_forward(
-        self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+        self, x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]
     ) -> torch.Tensor:
-        return F.linear(x, w, b)
+        return F.linear(x, tensors[0], tensors[1])
+
+
+class _RoutedBatchNorm2d(_Routing, nn.BatchNorm2d):
+    """Eval-mode batch norm with the group's scale, shift and statistics (the engine serves
+    in eval mode only: statistics are never updated)."""
+
+    _rws_attrs = ("weight", "bias", "running_mean", "running_var")
+
+    def _patched_forward(
+        self, x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]
+    ) -> torch.Tensor:
+        w, b, mean, var = tensors
+        return F.batch_norm(x, mean, var, w, b, False, 0.0, self.eps)
+
+
+_ROUTED: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: _RoutedConv2d,
+    nn.Linear: _RoutedLinear,
+    nn.BatchNorm2d: _RoutedBatchNorm2d,
+}
+ROUTABLE = tuple(_ROUTED)
+"""Layer types whose tensors signatures may patch in the engine."""
 
 
 def _route(module: nn.Module, slot: int, state: _RouteState) -> None:
-    """Make ``module`` (a Conv2d or Linear, or an already routed one) a routed layer."""
-    if type(module) in (nn.Conv2d, _RoutedConv2d):
-        module.__class__ = _RoutedConv2d
-    elif type(module) in (nn.Linear, _RoutedLinear):
-        module.__class__ = _RoutedLinear
-    else:
+    """Make ``module`` (a Conv2d, Linear or BatchNorm2d, or an already routed one) routed."""
+    kind = next((k for k, r in _ROUTED.items() if type(module) in (k, r)), None)
+    if kind is None:
         raise SignatureMismatchError(
-            f"cannot route a {type(module).__name__}; the engine routes plain Conv2d and "
-            "Linear layers"
+            f"cannot route a {type(module).__name__}; the engine routes plain Conv2d, Linear "
+            "and BatchNorm2d layers"
         )
+    if kind is nn.BatchNorm2d and not module.track_running_stats:
+        raise SignatureMismatchError("the engine routes batch norms with running statistics only")
+    module.__class__ = _ROUTED[kind]
     module._rws_slot = slot
     module._rws_state = state
 
@@ -360,10 +384,13 @@ class Engine:
                 )
             mname, _, attr = tname.rpartition(".")
             module = self._modules.get(mname)
-            if not isinstance(module, (nn.Conv2d, nn.Linear)) or attr not in ("weight", "bias"):
+            kind = next((k for k, r in _ROUTED.items() if type(module) in (k, r)), None)
+            attrs = _ROUTED[kind]._rws_attrs if kind is not None else ()
+            if attr not in attrs:
                 raise SignatureMismatchError(
                     f"signatures patch {tname!r}; the engine routes the weight and bias of "
-                    "Conv2d and Linear layers only"
+                    "Conv2d and Linear layers and the weight, bias and running statistics of "
+                    f"BatchNorm2d layers only, not a {type(module).__name__}"
                 )
             size = float(delta.detach().abs().max()) if delta.numel() else 0.0
             limit = 1e3 * max(1.0, float(have.detach().abs().max()) if have.numel() else 0.0)
@@ -407,7 +434,7 @@ class Engine:
                 if tname not in base:
                     base[tname] = self._state_tensors[tname].detach().to(torch.float32).contiguous()
             for mname in self._modules:  # route new modules, definition order
-                wanted = {f"{mname}.weight", f"{mname}.bias"} & held.keys()
+                wanted = {t for t in held if t.rpartition(".")[0] == mname}
                 if wanted and mname not in self._slots:
                     _route(self._modules[mname], len(self._slots), self._state)
                     self._slots.append(mname)
@@ -640,32 +667,33 @@ class Engine:
                 raise InvalidMixError(f"signature {name!r} was unloaded; name a loaded one")
             for tname, delta in held.items():
                 terms.setdefault(tname, []).append((delta, alpha))
-        return {t: patched_value(bases[t], ts) for t, ts in terms.items()}
+        return {t: patched_value(bases[t], ts, value_floor(t)) for t, ts in terms.items()}
 
-    def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor, torch.Tensor | None] | None, ...]:
-        """Per routed slot, the patched (weight, bias) of ``mix``, or None for base weights."""
+    def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor | None, ...] | None, ...]:
+        """Per routed slot, the patched tensors of ``mix`` (the layer's own where the mix leaves
+        them), or None for a layer the mix does not touch."""
         cached = self._cache.get(mix)
         if cached is not None:
             return cached
         patched = self._build(mix)
-        slots: list[tuple[torch.Tensor, torch.Tensor | None] | None] = []
+        slots: list[tuple[torch.Tensor | None, ...] | None] = []
         nbytes = 0
         for mname in self._slots:
-            wname, bname = f"{mname}.weight", f"{mname}.bias"
-            if wname not in patched and bname not in patched:
+            module = self._modules[mname]
+            names = [f"{mname}.{a}" for a in module._rws_attrs]
+            if not any(n in patched for n in names):
                 slots.append(None)
                 continue
-            module = self.model.get_submodule(mname)
-            w = patched.get(wname)
-            b = patched.get(bname)
-            w = module.weight if w is None else w.to(self.dtype)
-            b = module.bias if b is None else b.to(self.dtype)
-            slots.append((w, b))
-            nbytes += sum(
-                t.numel() * t.element_size()
-                for t, n in ((w, wname), (b, bname))
-                if t is not None and n in patched
-            )
+            tensors = []
+            for attr, n in zip(module._rws_attrs, names, strict=True):
+                t = patched.get(n)
+                if t is None:
+                    tensors.append(getattr(module, attr))
+                else:
+                    t = t.to(self.dtype)
+                    tensors.append(t)
+                    nbytes += t.numel() * t.element_size()
+            slots.append(tuple(tensors))
         value = tuple(slots)
         self._cache.put(mix, value, nbytes)
         return value
