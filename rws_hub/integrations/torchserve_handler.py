@@ -35,17 +35,32 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from ts.torch_handler.base_handler import BaseHandler
 
-from rws_hub.errors import RequestError
-from rws_hub.inference.engine import Engine
-from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser
-from rws_hub.launch.locations import package_dir
+def _archive_package_first() -> None:
+    """In a TorchServe archive (this file at its root, next to the ``rws_hub`` copy that ``rws
+    serve`` made of the package that built it), import ``rws_hub`` from the archive, whatever
+    else the worker's path holds (an installed rws_hub of another version, ``PYTHONPATH``)."""
+    here = str(Path(__file__).resolve().parent)
+    if (Path(here) / "rws_hub" / "__init__.py").is_file() and "rws_hub" not in sys.modules:
+        if here in sys.path:
+            sys.path.remove(here)
+        sys.path.insert(0, here)
+
+
+_archive_package_first()
+
+import torch  # noqa: E402
+from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
+
+from rws_hub.errors import RequestError  # noqa: E402
+from rws_hub.inference.engine import Engine  # noqa: E402
+from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser  # noqa: E402
+from rws_hub.launch.locations import package_dir  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
