@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rws_hub.core.lowrank import LowRank
 from rws_hub.core.quantization import QuantizedTensor, dequantize_codes
 
 __all__ = [
     "Delta",
     "DenseDelta",
     "QuantizedDelta",
+    "LowRankDelta",
     "patched_value",
     "layer_output",
     "value_floor",
@@ -147,6 +149,57 @@ class QuantizedDelta:
 
     def __repr__(self) -> str:
         return f"QuantizedDelta({tuple(self.shape)}, int{self.bits} {self.scheme})"
+
+
+class LowRankDelta:
+    """A delta held as float factors ``U`` (out, r) and ``V`` (r, in·kh·kw): materialized as
+    ``U·V``, or applied as a thin branch -- ``conv(x, V)`` with r output channels, then a 1×1
+    conv with ``U`` -- so an engine can run the base layer once for the whole batch."""
+
+    __slots__ = ("u", "v", "_shape")
+
+    def __init__(self, factors: LowRank, device: torch.device | str | None = None) -> None:
+        u, v = factors.factors()
+        self.u = u.to(device).contiguous()
+        self.v = v.to(device).contiguous()
+        self._shape = torch.Size(factors.shape)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._shape
+
+    @property
+    def rank(self) -> int:
+        return int(self.u.shape[1])
+
+    def numel(self) -> int:
+        return self.u.numel() + self.v.numel()
+
+    def nbytes(self) -> int:
+        return 4 * self.numel()
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.u, self.v)
+
+    def materialize(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        return (self.u @ self.v).reshape(self._shape).to(device=device, dtype=dtype)
+
+    def branch(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        u, v = self.u.to(x.dtype), self.v.to(x.dtype)
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1:
+                return layer_output(layer, x, self.materialize(x.dtype, x.device))
+            inner = v.reshape(self.rank, *self._shape[1:])
+            mid = layer_output(layer, x, inner)  # (N, r, H', W'): the layer's geometry
+            return F.conv2d(mid, u.reshape(self._shape[0], self.rank, 1, 1))
+        if isinstance(layer, nn.Linear):
+            return F.linear(F.linear(x, v), u)
+        raise TypeError(f"no branch for a {type(layer).__name__}; Conv2d and Linear have one")
+
+    def __repr__(self) -> str:
+        return f"LowRankDelta({tuple(self.shape)}, rank {self.rank})"
 
 
 def value_floor(name: str) -> float | None:

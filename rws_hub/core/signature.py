@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
+from rws_hub.core.deltas import Delta, DenseDelta, LowRankDelta, QuantizedDelta
 from rws_hub.core.formats import read, write
+from rws_hub.core.lowrank import LowRank, factorize
 from rws_hub.core.quantization import QuantizedTensor, check_options, quantize_tensor
 from rws_hub.errors import SignatureMismatchError
 
 __all__ = ["Signature", "cosine", "format_bytes"]
-
 
 
 def _check_alpha(value: Any, what: str = "alpha") -> float:
@@ -70,6 +71,7 @@ class Signature:
         quantization: dict[str, Any] | None = None,
         provenance: dict[str, Any] | None = None,
         codes: Mapping[str, QuantizedTensor] | None = None,
+        factors: Mapping[str, LowRank] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a signature needs a non-empty name, got {name!r}")
@@ -95,9 +97,17 @@ class Signature:
         self.default_alpha = _check_alpha(default_alpha, "default_alpha")
         self.quantization = dict(quantization) if quantization else None
         self.provenance: dict[str, Any] = dict(provenance or {})
+        self._factors: dict[str, LowRank] | None = dict(factors) if factors else None
+        dense = set(checked) - set(self._factors or {})
+        if self._factors is not None:
+            for key, f in self._factors.items():
+                if key not in checked or tuple(f.shape) != tuple(checked[key].shape):
+                    raise ValueError(f"factors for {key!r} do not match the signature's tensor")
         self._codes: dict[str, QuantizedTensor] | None = dict(codes) if codes else None
-        if self._codes is not None and set(self._codes) != set(checked):
-            raise ValueError("codes must cover exactly the signature's tensors")
+        if self._codes is not None and set(self._codes) != dense:
+            raise ValueError(
+                "codes must cover exactly the signature's tensors (those without low-rank factors)"
+            )
 
     # -- introspection --------------------------------------------------------------------
     @property
@@ -122,15 +132,47 @@ class Signature:
 
     @property
     def is_quantized(self) -> bool:
-        return self._codes is not None
+        return self._codes is not None or any(
+            f.is_quantized for f in (self._factors or {}).values()
+        )
+
+    @property
+    def factors(self) -> dict[str, LowRank] | None:
+        """Low-rank factors per tensor (see :meth:`low_rank`), or None."""
+        return None if self._factors is None else dict(self._factors)
+
+    @property
+    def is_low_rank(self) -> bool:
+        return self._factors is not None
+
+    def deltas(self, resident: str = "float") -> dict[str, Delta]:
+        """The tensors as deltas (:mod:`rws_hub.core.deltas`): dense floats (``"float"``), or
+        as held in storage where that is smaller (``"codes"``: integer codes of quantized
+        tensors; ``"factors"``: low-rank factors, codes included, as float factors)."""
+        out: dict[str, Delta] = {}
+        for n, t in self.tensors.items():
+            f = (self._factors or {}).get(n)
+            q = (self._codes or {}).get(n)
+            if resident in ("factors", "codes") and f is not None:
+                out[n] = LowRankDelta(f, t.device)
+            elif resident in ("factors", "codes") and q is not None:
+                out[n] = QuantizedDelta(q, t.device)
+            else:
+                out[n] = DenseDelta(t)
+        return out
 
     @property
     def nbytes(self) -> int:
         """Bytes of the stored payload: 4 per element for fp32; the codes (1 byte per element
         for int8, half a byte for int4) plus fp32 scales and offsets when quantized."""
-        if self._codes is not None:
-            return sum(q.nbytes for q in self._codes.values())
-        return 4 * self.numel
+        factors = self._factors or {}
+        total = sum(f.nbytes for f in factors.values())
+        for n, t in self.tensors.items():
+            if n in factors:
+                continue
+            q = (self._codes or {}).get(n)
+            total += q.nbytes if q is not None else 4 * t.numel()
+        return total
 
     def norm(self) -> float:
         """Euclidean norm over all tensors (flattened together)."""
@@ -181,6 +223,7 @@ class Signature:
             raise TypeError(f"unknown Signature field(s): {', '.join(sorted(unknown))}")
         if "tensors" not in changes:
             fields["codes"] = self._codes
+            fields["factors"] = self._factors
         elif "quantization" not in changes:
             fields["quantization"] = None
         fields.update(changes)
@@ -192,7 +235,7 @@ class Signature:
         """A copy with the float tensors moved to ``device`` (and cast to ``dtype`` if given).
         Quantized codes stay on the CPU, so :meth:`save` still writes them."""
         moved = {n: t.to(device=device, dtype=dtype) for n, t in self.tensors.items()}
-        return Signature(self.name, moved, codes=self._codes, **self._meta())
+        return Signature(self.name, moved, codes=self._codes, factors=self._factors, **self._meta())
 
     # -- quantization ---------------------------------------------------------------------
     def quantize(
@@ -211,6 +254,50 @@ class Signature:
         meta = self._meta()
         meta["quantization"] = {"bits": bits, "scheme": scheme, "granularity": granularity}
         return Signature(self.name, deq, codes=codes, **meta)
+
+    def low_rank(
+        self,
+        rank: int | None = None,
+        energy: float | None = None,
+        *,
+        bits: int | None = None,
+        scheme: str = "linear",
+    ) -> Signature:
+        """A low-rank copy: every tensor with 2 or more dims whose factors are smaller than the
+        tensor becomes ``U·V`` truncated by SVD at ``rank`` or at the rank that keeps
+        ``energy`` of its squared singular values (:func:`rws_hub.core.lowrank.factorize`);
+        1-D tensors (biases, batch norm) stay as they are. With ``bits`` (8 or 4) the factors
+        and the remaining tensors are stored as per-channel codes. ``.tensors`` of the result
+        are the (dequantized) products; starts from this signature's values."""
+        if bits is not None:
+            check_options(bits, scheme, "channel")
+        factors: dict[str, LowRank] = {}
+        for n, t in self.tensors.items():
+            if t.dim() < 2:
+                continue
+            f = factorize(t, rank=rank, energy=energy)
+            if f.rank * (t.shape[0] + t[0].numel()) >= t.numel():
+                continue  # no smaller than the tensor itself
+            factors[n] = f.quantize(bits, scheme) if bits is not None else f
+        tensors: dict[str, torch.Tensor] = {}
+        codes: dict[str, QuantizedTensor] = {}
+        for n, t in self.tensors.items():
+            if n in factors:
+                tensors[n] = factors[n].materialize().to(t.device)
+            elif bits is not None:
+                codes[n] = quantize_tensor(t, bits=bits, scheme=scheme, granularity="channel")
+                tensors[n] = codes[n].dequantize().to(t.device)
+            else:
+                tensors[n] = t.float()
+        meta = self._meta()
+        meta["quantization"] = (
+            {"bits": bits, "scheme": scheme, "granularity": "channel"} if bits else None
+        )
+        meta["provenance"] = {
+            **self.provenance,
+            "low_rank": {"rank": rank, "energy": energy, "bits": bits},
+        }
+        return Signature(self.name, tensors, codes=codes or None, factors=factors, **meta)
 
     def dequantize(self) -> Signature:
         """An fp32 copy without codes (``.save`` then stores fp32)."""
@@ -256,9 +343,14 @@ class Signature:
             else:
                 out[n] = sign * t
         layers = [x for x in (self.layers, other.layers) if x is not None]
+        mine, theirs = self._factors or {}, other._factors or {}
+        factors = {n: mine[n].plus(theirs[n], sign) for n in mine.keys() & theirs.keys()}
+        for n in factors:  # keep U·V exact: the tensors are the factors' product
+            out[n] = factors[n].materialize().to(out[n].device)
         return Signature(
             f"{self.name}{op}{other.name}",
             out,
+            factors=factors or None,
             kind=self.kind if self.kind == other.kind else "composite",
             architecture=self.architecture or other.architecture,
             lineage=self.lineage or other.lineage,
@@ -271,7 +363,11 @@ class Signature:
         meta = self._meta()
         meta["quantization"] = None
         meta["provenance"] = {"op": "scale", "factor": f, "operands": [self.name]}
-        return Signature(name, {n: t.float() * f for n, t in self.tensors.items()}, **meta)
+        tensors = {n: t.float() * f for n, t in self.tensors.items()}
+        factors = {n: lr.scaled(f) for n, lr in (self._factors or {}).items()}
+        for n, lr in factors.items():
+            tensors[n] = lr.materialize().to(tensors[n].device)
+        return Signature(name, tensors, factors=factors or None, **meta)
 
     def __add__(self, other: Any) -> Signature:
         if isinstance(other, Signature):

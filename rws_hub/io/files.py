@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from rws_hub.core.formats import as_state_dict, register_format
 from rws_hub.core.lineage import digest_tensors
+from rws_hub.core.lowrank import LowRank
 from rws_hub.core.quantization import QuantizedTensor, check_options
 from rws_hub.core.signature import Signature
 from rws_hub.errors import ArtifactError
@@ -200,18 +201,29 @@ def _encode(sig: Signature) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and header metadata a signature is stored as."""
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, dict[str, Any]] = {}
-    codes = sig.codes
+    codes = sig.codes or {}
+    factors = sig.factors or {}
     for name, t in sig.tensors.items():
         if SEP in name:
             raise ArtifactError(f"tensor name {name!r} may not contain {SEP!r}")
         if not torch.isfinite(t).all():
             raise ArtifactError(f"signature {sig.name!r}: tensor {name!r} holds NaN or inf")
         entry: dict[str, Any] = {"shape": list(t.shape)}
-        if codes is not None:
+        if name in factors:
+            f = factors[name]
+            entry.update(storage="lowrank", rank=f.rank)
+            for part, value in (("U", f.u), ("V", f.v)):
+                key = name + SEP + part
+                if isinstance(value, QuantizedTensor):
+                    _put_codes(tensors, key, value)
+                    entry.update(factors=value.storage, scheme=value.scheme)
+                    entry["granularity"] = value.granularity
+                else:
+                    tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
+                    entry["factors"] = "float32"
+        elif name in codes:
             q = codes[name]
-            tensors[name] = q.codes.to("cpu").contiguous()
-            tensors[name + SEP + "scale"] = q.scale.to("cpu", torch.float32).contiguous()
-            tensors[name + SEP + "offset"] = q.offset.to("cpu", torch.float32).contiguous()
+            _put_codes(tensors, name, q)
             entry.update(storage=q.storage, scheme=q.scheme, granularity=q.granularity)
         else:
             tensors[name] = t.detach().to("cpu", torch.float32).contiguous()
@@ -235,6 +247,12 @@ def _encode(sig: Signature) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         meta["layers"] = str(int(sig.layers))
     meta["digest"] = _digest(meta, tensors)
     return tensors, meta
+
+
+def _put_codes(tensors: dict[str, torch.Tensor], key: str, q: QuantizedTensor) -> None:
+    tensors[key] = q.codes.to("cpu").contiguous()
+    tensors[key + SEP + "scale"] = q.scale.to("cpu", torch.float32).contiguous()
+    tensors[key + SEP + "offset"] = q.offset.to("cpu", torch.float32).contiguous()
 
 
 def save_signature(sig: Signature, path: str | os.PathLike) -> None:
@@ -393,29 +411,68 @@ def _decode_tensor(
     return values, q
 
 
+def _decode_lowrank(
+    p: str | os.PathLike, name: str, entry: Mapping[str, Any], raw: Mapping[str, torch.Tensor]
+) -> LowRank:
+    """The factors of a ``"lowrank"`` tensor: ``<name>::U`` (out, rank) and ``<name>::V``
+    (rank, in·kh·kw), each float32 or codes, checked like any stored tensor."""
+    try:
+        shape = tuple(int(d) for d in entry["shape"])
+        rank = int(entry["rank"])
+        storage = str(entry["factors"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(
+            f"{p}: metadata for low-rank tensor {name!r} lacks shape/rank/factors"
+        ) from None
+    if len(shape) < 2 or rank < 1:
+        raise ArtifactError(f"{p}: low-rank tensor {name!r} has shape {list(shape)}, rank {rank}")
+    parts = {}
+    for part, part_shape in (("U", (shape[0], rank)), ("V", (rank, math.prod(shape[1:])))):
+        sub = {k: entry[k] for k in ("scheme", "granularity") if k in entry}
+        sub.update(shape=list(part_shape), storage=storage)
+        values, q = _decode_tensor(p, name + SEP + part, sub, raw)
+        parts[part] = q if q is not None else values
+    try:
+        return LowRank(parts["U"], parts["V"], shape)
+    except ValueError as exc:
+        raise ArtifactError(f"{p}: tensor {name!r}: {exc}") from None
+
+
 def load_signature(path: str | os.PathLike, device: str | torch.device = "cpu") -> Signature:
     """Read, check and dequantize a signature file (see :func:`read_header` for the checks)."""
     head = read_header(path)
     meta = head["metadata"]
     raw = _safe_load(path)
     info: dict[str, Any] = meta["tensors"]
-    expected = set(info)
+    expected: set[str] = set()
     for name, entry in info.items():
-        if isinstance(entry, dict) and entry.get("storage") in ("int8", "int4"):
-            expected |= {name + SEP + "scale", name + SEP + "offset"}
+        storage = entry.get("storage") if isinstance(entry, dict) else None
+        keys = [name + SEP + "U", name + SEP + "V"] if storage == "lowrank" else [name]
+        quantized = (entry.get("factors") if storage == "lowrank" else storage) in ("int8", "int4")
+        for key in keys:
+            expected.add(key)
+            if quantized:
+                expected |= {key + SEP + "scale", key + SEP + "offset"}
     extra = sorted(set(raw) - expected)
     if extra:
         raise ArtifactError(f"{path}: tampered: unexpected tensor(s) {', '.join(extra)}")
     tensors: dict[str, torch.Tensor] = {}
     codes: dict[str, QuantizedTensor] = {}
+    factors: dict[str, LowRank] = {}
     for name, entry in info.items():
         if not isinstance(entry, dict):
             raise ArtifactError(f"{path}: metadata for tensor {name!r} is not an object")
+        if entry.get("storage") == "lowrank":
+            factors[name] = _decode_lowrank(path, name, entry, raw)
+            tensors[name] = factors[name].materialize()
+            if not torch.isfinite(tensors[name]).all():
+                raise ArtifactError(f"{path}: tensor {name!r} multiplies out to NaN or inf")
+            continue
         values, q = _decode_tensor(path, name, entry, raw)
         tensors[name] = values
         if q is not None:
             codes[name] = q
-    if codes and len(codes) != len(tensors):
+    if codes and len(codes) != len(tensors) - len(factors):
         raise ArtifactError(f"{path}: mixes quantized and float tensors")
     if meta["digest"] is None:
         raise ArtifactError(f"{path}: the digest is missing (not written by rws-hub?)")
@@ -433,9 +490,12 @@ def load_signature(path: str | os.PathLike, device: str | torch.device = "cpu") 
         lineage=meta["lineage"],
         layers=meta["layers"],
         default_alpha=meta["default_alpha"],
-        quantization=meta["quantization"] if codes else None,
+        quantization=meta["quantization"]
+        if codes or any(f.is_quantized for f in factors.values())
+        else None,
         provenance=meta["provenance"],
         codes=codes or None,
+        factors=factors or None,
     )
     return sig if str(device) == "cpu" else sig.to(device)
 
