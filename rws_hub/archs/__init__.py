@@ -1,1 +1,32 @@
-"""Architectures: a registry of model builders and the builders themselves."""
+"""Architectures: a registry of model builders (:mod:`.registry`) and the builders themselves.
+
+Importing this package registers the built-in builders (:mod:`.vgg`), so :func:`create_model`
+knows them wherever it is imported from. A new architecture is one module that decorates its
+builder with :func:`register_model` (see ``docs/architecture.md``).
+"""
+
+from rws_hub.archs import vgg
+from rws_hub.archs.normalize import Normalize
+from rws_hub.archs.registry import (
+    ModelEntry,
+    create_model,
+    get_model_builder,
+    list_models,
+    model_from_config,
+    model_kwargs,
+    register_model,
+    unregister_model,
+)
+
+__all__ = [
+    "ModelEntry",
+    "Normalize",
+    "create_model",
+    "get_model_builder",
+    "list_models",
+    "model_from_config",
+    "model_kwargs",
+    "register_model",
+    "unregister_model",
+    "vgg",
+]

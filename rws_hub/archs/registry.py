@@ -1,0 +1,99 @@
+"""The architecture registry (timm / torchvision style): builders by name.
+
+A builder is a function returning an untrained ``nn.Module`` that takes float images in
+[0, 1] and normalises inside. It registers by decorating it with :func:`register_model` in
+its own module; importing :mod:`rws_hub.archs` imports the built-in builders' modules, so
+they are registered whenever :func:`create_model` can be called.
+
+Every builder accepts ``num_classes``, ``mean`` and ``std`` (the data set's normalisation,
+which the caller supplies: :func:`model_from_config` takes them from a model folder's
+``config.json``, the zoo from the data set's spec) and, optionally, ``width``.
+
+Which pretrained weights exist for an architecture is the zoo's business:
+``rws_hub.zoo.weights.get_model_weights(name)`` looks them up by architecture name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its name, builder and the module that defined it."""
+
+    name: str
+    builder: Builder
+    module: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: register a model builder under ``name`` (default: the function's name).
+
+    A name already registered is refused with a ``ValueError`` naming the module that holds
+    it (a silent overwrite would change what every model folder of that name builds).
+    """
+
+    def deco(fn: Builder) -> Builder:
+        key = name or fn.__name__
+        old = _MODELS.get(key)
+        if old is not None:
+            raise ValueError(
+                f"architecture {key!r} is already registered (by {old.module}.{old.builder.__name__}); "
+                "pick another name"
+            )
+        _MODELS[key] = ModelEntry(key, fn, fn.__module__)
+        return fn
+
+    return deco
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registered architecture (for tests and plugins that replace their own)."""
+    _MODELS.pop(name, None)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model_builder(name: str) -> Builder:
+    """The builder registered under ``name``; ``ValueError`` listing the known names."""
+    try:
+        return _MODELS[name].builder
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {name!r}; known: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build an untrained model by registry name, e.g.
+    ``create_model(name, num_classes=10, width=0.5, mean=spec.mean, std=spec.std)``."""
+    return get_model_builder(name)(**kwargs)
+
+
+def model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder keyword arguments a model folder's ``config.json`` gives: ``num_classes``
+    (from ``classes``), ``width``, and ``mean`` / ``std``."""
+    kwargs: dict[str, Any] = {"num_classes": len(config["classes"])}
+    if "width" in config:
+        kwargs["width"] = config["width"]
+    if "mean" in config and "std" in config:
+        kwargs["mean"], kwargs["std"] = config["mean"], config["std"]
+    return kwargs
+
+
+def model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Build the architecture a model folder's ``config.json`` describes (untrained)."""
+    return create_model(config["architecture"], **model_kwargs(config))
