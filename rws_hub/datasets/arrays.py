@@ -1,4 +1,5 @@
-"""Data loading: labelled image sets held in memory as uint8 tensors (CIFAR scale).
+"""Data loading: labelled image sets held in memory as uint8 tensors (tens of thousands of
+small images).
 
 :func:`load_images` reads the layouts users have, detected from the path:
 
@@ -13,6 +14,10 @@
 - a CIFAR-10-C style folder (``<corruption>.npy`` uint8 NHWC with the severities stacked in
   blocks of N, plus ``labels.npy``), with ``corruption=`` and ``severity=``.
 
+With ``dataset=`` (a registered :class:`~rws_hub.datasets.spec.DatasetSpec` or its name) the
+split's file name and the class names come from the spec; :func:`load_dataset` reads a
+registered data set from where it lives by default.
+
 With ``corruption=`` on a clean layout the images are corrupted in memory instead (seeded, so
 the same call gives the same images). :func:`save_corrupted_arrays` writes CIFAR-10-C style
 folders (``rws corrupt``).
@@ -24,17 +29,26 @@ import hashlib
 import json
 import pickle
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from rws_hub.archs.models import CIFAR10_CLASSES
+from rws_hub.datasets.corruptions import check_corruption, corrupt, corrupt_uint8
+from rws_hub.datasets.spec import DatasetSpec, default_dataset, get_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 META_FILE = "corruptions.json"  # written beside CIFAR-10-C style arrays by save_corrupted_arrays
+#: The data set whose python-pickle folder layout ``cifar-10-batches-py/`` is (its class names
+#: are used when the folder lacks ``batches.meta``).
+PICKLE_LAYOUT_DATASET = "cifar10"
+
+
+def _default_class_names() -> tuple[str, ...]:
+    return default_dataset().classes
 
 
 @dataclass
@@ -43,7 +57,7 @@ class ImageArrays:
 
     x: torch.Tensor
     y: torch.Tensor
-    classes: tuple[str, ...] = CIFAR10_CLASSES
+    classes: tuple[str, ...] = field(default_factory=_default_class_names)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,7 +70,7 @@ class ImageArrays:
 
     def corrupted(self, name: str, severity: int = 5, *, seed: int = 0) -> ImageArrays:
         """A corrupted copy (uint8), reproducible from ``seed`` (randomness drawn per block)."""
-        return ImageArrays(_corrupt_blocks(self.x, name, severity, seed, 0), self.y, self.classes)
+        return ImageArrays(corrupt_blocks(self.x, name, severity, seed, 0), self.y, self.classes)
 
     def as_dataset(
         self,
@@ -86,9 +100,7 @@ class ImageArraysDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ) -> None:
         if corruption is not None:
-            from rws_hub.datasets.corruptions import _check_name
-
-            _check_name(corruption)
+            check_corruption(corruption)
         self.arrays = arrays
         self.transform = transform
         self.corruption = corruption
@@ -101,8 +113,6 @@ class ImageArraysDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         x = self.arrays.x[i].float().div_(255)
         if self.corruption is not None:
-            from rws_hub.datasets.corruptions import corrupt
-
             g = torch.Generator().manual_seed(
                 _block_seed(self.seed, self.corruption, self.severity, int(i))
             )
@@ -121,14 +131,12 @@ def _block_seed(seed: int, name: str, severity: int, start: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-def _corrupt_blocks(
-    x: torch.Tensor, name: str, severity: int, seed: int, start: int
+def corrupt_blocks(
+    x: torch.Tensor, name: str, severity: int, seed: int, start: int = 0
 ) -> torch.Tensor:
     """Corrupt uint8 images ``x`` (whose first one has index ``start`` in its set) in blocks
     of ``_BLOCK`` images, each block seeded by its absolute position: the result does not
     depend on how the caller batches."""
-    from rws_hub.datasets.corruptions import corrupt_uint8
-
     parts = []
     for s in range(0, len(x), _BLOCK):
         g = torch.Generator().manual_seed(_block_seed(seed, name, severity, start + s))
@@ -149,6 +157,7 @@ def load_images(
     size: int = 32,
     seed: int = 0,
     cifar100_labels: str = "fine",
+    dataset: str | DatasetSpec | None = None,
 ) -> ImageArrays:
     """Load a labelled image set into memory; the layout is detected from ``path``.
 
@@ -159,14 +168,18 @@ def load_images(
     folders). ``corruption`` / ``severity`` select a block of a CIFAR-10-C folder
     (``severity=None``: all its severities, stacked); on any other layout they corrupt the
     images in memory, reproducibly from ``seed``. ``cifar100_labels`` is ``"fine"`` or
-    ``"coarse"``.
+    ``"coarse"``. ``dataset`` (a spec or a registered name): the split is read from the file
+    the spec names for it (``test`` -> ``val.npz`` where so mapped), and the images take the
+    spec's class names (labels beyond them are refused).
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no data set at {p}")
+    spec = get_dataset(dataset) if dataset is not None else None
     if p.is_dir() and _is_cifar_c(p):
-        return _load_cifar_c(p, corruption, severity)
-    data = _load_clean(p, split, size, cifar100_labels)
+        return _with_classes(_load_cifar_c(p, corruption, severity), spec, p)
+    stem = spec.split_file(split) if spec is not None else split
+    data = _with_classes(_load_clean(p, split, size, cifar100_labels, stem), spec, p)
     if corruption is None:
         return data
     if severity is None:
@@ -177,13 +190,44 @@ def load_images(
     return data.corrupted(corruption, severity, seed=seed)
 
 
-def _load_clean(p: Path, split: str, size: int, cifar100_labels: str) -> ImageArrays:
+def load_dataset(
+    dataset: str | DatasetSpec,
+    split: str = "train",
+    *,
+    path: str | Path | None = None,
+    **kwargs: Any,
+) -> ImageArrays:
+    """A registered data set's ``split`` (from ``path``, default: where the spec says it
+    lives), with the spec's class names; other keyword arguments as :func:`load_images`."""
+    spec = get_dataset(dataset)
+    where = path if path is not None else spec.root
+    if where is None:
+        raise ValueError(f"data set {spec.name!r} has no default location: pass path=")
+    return load_images(where, split, dataset=spec, **kwargs)
+
+
+def _with_classes(data: ImageArrays, spec: DatasetSpec | None, p: Path) -> ImageArrays:
+    """``data`` with the spec's class names (labels must fit them); as is without a spec."""
+    if spec is None:
+        return data
+    if len(data.y) and (int(data.y.min()) < 0 or int(data.y.max()) >= spec.num_classes):
+        raise ValueError(
+            f"{p}: labels {int(data.y.min())}..{int(data.y.max())} do not fit the "
+            f"{spec.num_classes} classes of data set {spec.name!r}"
+        )
+    return ImageArrays(data.x, data.y, spec.classes)
+
+
+def _load_clean(
+    p: Path, split: str, size: int, cifar100_labels: str, stem: str | None = None
+) -> ImageArrays:
+    stem = stem or split
     if p.is_file():
         if p.suffix == ".npz":
             return _load_npz(p)
         raise ValueError(f"unsupported data file {p} (expected a .npz)")
-    if (p / f"{split}.npz").is_file():
-        return _load_npz(p / f"{split}.npz")
+    if (p / f"{stem}.npz").is_file():
+        return _load_npz(p / f"{stem}.npz")
     cifar10 = _find_dir(p, "cifar-10-batches-py", ("data_batch_1", "test_batch"))
     if cifar10 is not None:
         return _load_cifar10_python(cifar10, split)
@@ -194,7 +238,7 @@ def _load_clean(p: Path, split: str, size: int, cifar100_labels: str) -> ImageAr
     if _is_image_folder(root):
         return _load_image_folder(root, size)
     raise FileNotFoundError(
-        f"no data set recognised at {p}: expected a .npz (x, y), a folder with {split}.npz, "
+        f"no data set recognised at {p}: expected a .npz (x, y), a folder with {stem}.npz, "
         "cifar-10-batches-py/, cifar-100-python/, an ImageFolder tree (class folders of "
         "images), or a CIFAR-10-C folder (<corruption>.npy + labels.npy)"
     )
@@ -226,9 +270,12 @@ def _to_nchw_uint8(x: np.ndarray, where: Path | str) -> torch.Tensor:
 
 
 def _default_classes(y: torch.Tensor) -> tuple[str, ...]:
+    """Class names for labels ``y`` of a file that names none: the default data set's when
+    they fit, else the label numbers."""
     n = int(y.max()) + 1 if len(y) else 0
-    if n <= len(CIFAR10_CLASSES):
-        return CIFAR10_CLASSES
+    default = default_dataset().classes
+    if n <= len(default):
+        return default
     return tuple(str(i) for i in range(n))
 
 
@@ -286,7 +333,7 @@ def _load_cifar10_python(root: Path, split: str) -> ImageArrays:
         d = _read_pickle(root / f)
         xs.append(_cifar_rows(d, root / f))
         ys.append(torch.as_tensor(np.asarray(d["labels"], dtype=np.int64)))
-    classes = CIFAR10_CLASSES
+    classes = get_dataset(PICKLE_LAYOUT_DATASET).classes
     if (root / "batches.meta").is_file():
         classes = _names(_read_pickle(root / "batches.meta")["label_names"])
     return ImageArrays(torch.cat(xs), torch.cat(ys), classes)
@@ -372,7 +419,7 @@ def _load_cifar_c(p: Path, corruption: str | None, severity: int | None) -> Imag
     x = _to_nchw_uint8(np.asarray(arr[rows]), p / f"{corruption}.npy")
     y = labels[rows] if len(labels) == len(arr) else np.tile(labels[:n], len(sevs))[rows]
     yt = torch.from_numpy(np.asarray(y).astype(np.int64))
-    classes = CIFAR10_CLASSES
+    classes = _default_classes(yt)
     meta = p / META_FILE
     if meta.is_file():
         classes = tuple(json.loads(meta.read_text()).get("classes", classes))
@@ -395,12 +442,8 @@ def save_corrupted_arrays(
     like the released CIFAR-10-C); ``corruptions.json`` records severities, seed and classes.
     Reproducible: the same ``seed`` writes the same bytes.
     """
-    from tqdm.auto import tqdm
-
-    from rws_hub.datasets.corruptions import _check_name
-
     for name in names:
-        _check_name(name)
+        check_corruption(name)
     sevs = tuple(int(s) for s in severities)
     if not sevs or any(not 1 <= s <= 5 for s in sevs):
         raise ValueError(f"severities must be in 1..5, got {list(severities)}")
@@ -423,7 +466,7 @@ def save_corrupted_arrays(
         for k, sev in enumerate(sevs):
             for start in range(0, n, _BLOCK):
                 xb = images.x[start : start + _BLOCK]
-                yb = _corrupt_blocks(xb, name, sev, seed, start)
+                yb = corrupt_blocks(xb, name, sev, seed, start)
                 arr[k * n + start : k * n + start + len(xb)] = yb.permute(0, 2, 3, 1).numpy()
                 bar.update(len(xb))
         arr.flush()

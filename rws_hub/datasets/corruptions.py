@@ -1,10 +1,11 @@
-"""The 19 CIFAR-10-C corruptions as batched torch operations.
+"""The 19 common corruptions of the corruption-robustness benchmark (Hendrycks & Dietterich,
+2019: the "-C" test sets) as batched torch operations.
 
 Every corruption takes float images ``(N, 3, H, W)`` in ``[0, 1]`` on any device and returns a
 tensor of the same shape, dtype and device, clamped to ``[0, 1]``. Randomness comes from an
 optional :class:`torch.Generator`; with one, the output is reproducible (random numbers are drawn
 on the generator's device and moved to the images' device, so a CPU generator gives the same
-corruption on CPU and CUDA). Parameters per severity follow the CIFAR-10-C recipe (32×32 images);
+corruption on CPU and CUDA). Parameters per severity follow the benchmark's recipe for 32×32 images;
 see ``docs/corruptions.md`` for the table and the documented deviations.
 
 >>> x = torch.rand(8, 3, 32, 32)
@@ -135,13 +136,14 @@ def resolve_corruptions(spec: str | list[str] | tuple[str, ...]) -> tuple[str, .
         spec = [s.strip() for s in spec.split(",") if s.strip()]
     names = tuple(spec)
     for n in names:
-        _check_name(n)
+        check_corruption(n)
     if not names:
         raise ValueError("no corruption named")
     return names
 
 
-def _check_name(name: str) -> None:
+def check_corruption(name: str) -> None:
+    """Raise ``ValueError`` (listing the known names) unless ``name`` is a registered corruption."""
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
 
@@ -160,7 +162,7 @@ def corrupt(
     ``generator`` for reproducible output. Raises ``ValueError`` for an unknown name, a severity
     outside 1..5, or images that are not float RGB.
     """
-    _check_name(name)
+    check_corruption(name)
     try:
         sev = operator.index(severity)
     except TypeError:

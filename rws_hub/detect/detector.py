@@ -40,10 +40,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rws_hub.archs.models import CIFAR10_MEAN, CIFAR10_STD, Normalize
+from rws_hub.archs import Normalize
 from rws_hub.core.mix import Mix
 from rws_hub.core.seeding import seeded_generator
+from rws_hub.datasets import default_dataset
+from rws_hub.datasets.arrays import corrupt_blocks, load_images
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, corrupt_uint8
 from rws_hub.errors import ArtifactError
+from rws_hub.io.folder import ModelFolder
 
 __all__ = [
     "CLEAN",
@@ -71,8 +75,6 @@ WEIGHTS_NAME = "detector.safetensors"
 def detector_classes(corruptions: Sequence[str] | None = None) -> list[str]:
     """``["clean", *corruptions]`` (default: the 19 corruptions of :mod:`rws_hub.datasets.corruptions`)."""
     if corruptions is None:
-        from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
-
         corruptions = ALL_CORRUPTIONS
     return [CLEAN, *corruptions]
 
@@ -169,7 +171,9 @@ class CorruptionDetector(nn.Module):
             positions; the outputs are exactly the backbone's conv1 outputs there).
         dropout: dropout after each hidden layer while training.
         hidden: width of the head's two hidden layers.
-        mean, std: the backbone's input normalisation (applied before conv1, as in the model).
+        mean, std: the backbone's input normalisation (applied before conv1, as in the model;
+            default: the default data set's, until :meth:`set_backbone_conv` copies the
+            backbone's).
     """
 
     def __init__(
@@ -177,8 +181,8 @@ class CorruptionDetector(nn.Module):
         classes: Sequence[str] | None = None,
         conv_channels: int = 32,
         hidden: int = 256,
-        mean: Sequence[float] = CIFAR10_MEAN,
-        std: Sequence[float] = CIFAR10_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         conv_stride: int = 2,
         dropout: float = 0.0,
     ) -> None:
@@ -192,7 +196,10 @@ class CorruptionDetector(nn.Module):
             raise ValueError(f"classes must be distinct and start with {CLEAN!r}")
         self.conv_channels = int(conv_channels)
         self.hidden = int(hidden)
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(
+            default_dataset().mean if mean is None else mean,
+            default_dataset().std if std is None else std,
+        )
         self.conv_stride = int(conv_stride)
         self.conv = nn.Conv2d(3, self.conv_channels, 3, padding=1, stride=self.conv_stride)
         n_feat = self.num_features
@@ -493,8 +500,6 @@ def load_detector(
     """A detector and its config from a standalone folder (``detector.safetensors`` +
     ``detector.json``) or a loaded :class:`~rws_hub.io.folder.ModelFolder` (its verified
     ``detector.safetensors`` and ``config["detector"]``)."""
-    from rws_hub.io.folder import ModelFolder
-
     if isinstance(source, ModelFolder):
         cfg = source.config.get("detector")
         if not isinstance(cfg, Mapping):
@@ -620,7 +625,7 @@ def measure_cost(
 class DetectorTrainConfig:
     """What decides a detector training run (saved as ``train.json`` in the output folder)."""
 
-    data: str = "../shared/data/cifar10"
+    data: str = str(default_dataset().root)  # training images (rws_hub.datasets.arrays)
     images: int = 40000  # training samples (each a train image with one random class)
     heldout: int = 2000  # validation samples from train images not used for training
     heldout_start: int = 45000  # train images from here on are never used for training
@@ -654,8 +659,6 @@ def _plan(
 def make_samples(x: torch.Tensor, plan: Mapping[str, torch.Tensor], seed: int) -> torch.Tensor:
     """uint8 images for a plan: each sample's image corrupted as its label and severity say
     (batched per corruption and severity, seeded)."""
-    from rws_hub.datasets.corruptions import corrupt_uint8
-
     classes = detector_classes()
     out = x[plan["index"]].clone()
     for li in range(1, len(classes)):
@@ -730,8 +733,6 @@ def train_detector(
     and, when done, ``detector.safetensors`` + ``detector.json``. Returns the detector and its
     config (with held-out accuracy per class).
     """
-    from rws_hub.datasets.arrays import load_images
-
     cfg = cfg or DetectorTrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -902,15 +903,13 @@ def make_cells(
     Cell images are ``data`` rows ``start .. start + n`` corrupted reproducibly (``seed``);
     ``per_cell`` may give a count per severity.
     """
-    from rws_hub.datasets.arrays import _corrupt_blocks
-
     cells = [Cell(CLEAN, 0, data.x[start : start + clean], data.y[start : start + clean])]
     for c in corruptions:
         for s in severities:
             n = per_cell[s] if isinstance(per_cell, Mapping) else per_cell
             x = data.x[start : start + n]
             cells.append(
-                Cell(c, s, _corrupt_blocks(x, c, s, seed, start), data.y[start : start + n])
+                Cell(c, s, corrupt_blocks(x, c, s, seed, start), data.y[start : start + n])
             )
     return cells
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from rws_hub.archs.models import CIFAR10_CLASSES, create_model
+from rws_hub.archs import create_model
 from rws_hub.cli import main
 from rws_hub.core.lineage import fingerprint
 from rws_hub.core.mix import Mix
 from rws_hub.core.signature import Signature
+from rws_hub.datasets import default_dataset
 from rws_hub.detect.detector import (
     CLEAN,
     AutoPatcher,
@@ -215,7 +216,9 @@ def test_engine_auto_reports_detected_and_applied(backbone) -> None:
     x = torch.rand(4, 3, 32, 32)
     for prefer, expected in (("fog", Mix({"fog": 1.0})), (CLEAN, Mix())):
         patcher = AutoPatcher(tiny_detector(backbone, prefer), AutoRule("top1", 0.5))
-        engine = Engine(backbone, sigs, classes=CIFAR10_CLASSES, device="cpu", detector=patcher)
+        engine = Engine(
+            backbone, sigs, classes=default_dataset().classes, device="cpu", detector=patcher
+        )
         answers = engine.classify(x, "auto", top_k=3)
         for a in answers:
             assert a["auto"] is True
