@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core.patching import patch
 from rws_hub.core.signature import Signature
 from rws_hub.inference.engine import Engine

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from rws_hub.archs.models import CIFAR10_CLASSES
 from rws_hub.core.lineage import fingerprint
 from rws_hub.core.mix import Mix
+from rws_hub.datasets import default_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
 from rws_hub.detect.detector import (
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     if args.backbone:  # a backbone state without signatures: detector accuracy and "none"
         model = load_state_model(ZooSpec(), args.backbone)
-        engine = Engine(model, {}, classes=CIFAR10_CLASSES, device="cpu")
+        engine = Engine(model, {}, classes=default_dataset().classes, device="cpu")
         source, backbone = args.backbone, model
     else:
         engine = Engine.from_folder(args.folder, device="cpu")

@@ -1,18 +1,22 @@
-"""``rws corrupt``: write CIFAR-10-C style arrays (``<name>.npy`` uint8 NHWC + ``labels.npy``)."""
+"""``rws corrupt``: write corrupted arrays in the layout of the "-C" robustness benchmarks
+(``<name>.npy`` uint8 NHWC + ``labels.npy``)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-EPILOG = """examples:
-  # the 19 corruptions at severities 1..5 of the CIFAR-10 test set (a CIFAR-10-C equivalent)
-  rws corrupt --data ../shared/data/cifar10 --split test -o runs/cifar10-c
+from rws_hub.datasets import default_dataset
+
+_DATA = default_dataset()
+EPILOG = f"""examples:
+  # the 19 corruptions at severities 1..5 of the {_DATA.title} test set (its "-C" equivalent)
+  rws corrupt --data {_DATA.root} --split test -o runs/{_DATA.name}-c
   # two corruptions, severity 5 only, the first 1,000 images
   rws corrupt --data test.npz --corruptions fog,snow --severities 5 --limit 1000 -o runs/c5
   # read one block back
   python -c "from rws_hub.datasets.arrays import load_images; \\
-      d = load_images('runs/cifar10-c', corruption='fog', severity=5)"
+      d = load_images('runs/{_DATA.name}-c', corruption='fog', severity=5)"
 """
 
 
@@ -59,14 +63,16 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "corrupt",
-        help="write CIFAR-10-C style corrupted arrays",
-        description="Corrupt a data set with the CIFAR-10-C corruptions and write "
+        help='write corrupted arrays in the "-C" benchmark layout',
+        description='Corrupt a data set with the 19 "-C" benchmark corruptions and write '
         "<name>.npy (uint8 N·S x H x W x 3, severities stacked in blocks of N), labels.npy and "
         "corruptions.json into the output folder. Reproducible from --seed.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, help="data set (see rws_hub.datasets.arrays.load_images)")
+    p.add_argument(
+        "--data", required=True, help="data set (see rws_hub.datasets.arrays.load_images)"
+    )
     p.add_argument("--split", default="test", help="train or test (default: test)")
     p.add_argument(
         "--corruptions",

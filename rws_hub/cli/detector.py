@@ -9,25 +9,30 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-EPILOG_TRAIN = """examples:
-  # train on 20,000 corrupted CIFAR-10 training images (all severities), cache in runs/detector
-  rws detector train --folder model-store/cifar10-vgg16 --data ../shared/data/cifar10 \\
-      --images 40000 --epochs 30 --out runs/detector
+from rws_hub.datasets import dataset_of, default_dataset
+from rws_hub.zoo.entries import DEFAULT_ENTRY
+
+_FOLDER = DEFAULT_ENTRY.folder
+_WORK = DEFAULT_ENTRY.work
+EPILOG_TRAIN = f"""examples:
+  # train on 40,000 corrupted training images of the folder's data set (all severities),
+  # cache in runs/detector
+  rws detector train --folder {_FOLDER} --images 40000 --epochs 30 --out runs/detector
   # a killed run resumes from its cached samples, features and last epoch: run it again
   # train against a backbone state instead of a folder, and add the result to a folder
-  rws detector train --backbone runs/zoo/cifar10-vgg16/clean/final.safetensors \\
-      --out runs/zoo/cifar10-vgg16/detector
-  rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector --choose --install
+  rws detector train --backbone {_WORK}/clean/final.safetensors \\
+      --out {_WORK}/detector
+  rws detector eval --folder {_FOLDER} --detector runs/detector --choose --install
   # add an already evaluated detector to a folder
-  rws detector install --folder model-store/cifar10-vgg16 --detector runs/detector
+  rws detector install --folder {_FOLDER} --detector runs/detector
 """
 
-EPILOG_EVAL = """examples:
+EPILOG_EVAL = f"""examples:
   # compare "auto" rules on held-out training images (not used to train the detector)
-  rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector
+  rws detector eval --folder {_FOLDER} --detector runs/detector
   # pick the best rule (clean accuracy within 0.5 point of unpatched), store it, add the
   # detector to the folder (detector.safetensors, config["detector"], manifest)
-  rws detector eval --folder model-store/cifar10-vgg16 --detector runs/detector --choose --install
+  rws detector eval --folder {_FOLDER} --detector runs/detector --choose --install
 """
 
 
@@ -41,6 +46,25 @@ def _backbone(args: argparse.Namespace) -> Any:
     from rws_hub.io.folder import ModelFolder
 
     return ModelFolder.load(args.folder, signatures=None).model
+
+
+def _data(args: argparse.Namespace, config: dict | None) -> str:
+    """``--data``, else where the data set of the folder's config (or, without a folder, the
+    default data set) lives."""
+    if args.data:
+        return args.data
+    spec = dataset_of(config) if config is not None else default_dataset()
+    if spec is None or spec.root is None:
+        raise ValueError("the model folder's config names no registered data set: give --data")
+    return spec.root
+
+
+def _config(folder: str | None) -> dict | None:
+    if not folder:
+        return None
+    from rws_hub.io.folder import ModelFolder
+
+    return ModelFolder.read_config(folder)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -57,6 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     names = {f.name for f in fields(DetectorTrainConfig)}
     kwargs = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    kwargs["data"] = _data(args, _config(args.folder if not args.backbone else None))
     cfg = DetectorTrainConfig(**kwargs)
     backbone = _backbone(args)
     det, config = train_detector(backbone, args.out, cfg)
@@ -116,7 +141,7 @@ def _eval(args: argparse.Namespace) -> int:
     engine = Engine.from_folder(args.folder, device="cpu", detector=None)
     det, config = load_detector(args.detector)
     rules = dict(CANDIDATE_RULES)
-    data = load_images(args.data, args.split)
+    data = load_images(_data(args, _config(args.folder)), args.split)
     start = args.start if args.start is not None else min(45000, int(0.9 * len(data)))
     cells = make_cells(
         data,
@@ -185,7 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = verbs.add_parser(
         "train",
         help="train a detector on corrupted training images (resumable)",
-        description="Train the detector head on features of corrupted CIFAR-10 training images "
+        description="Train the detector head on features of corrupted training images "
         "(every corruption, severities 1-5, and clean). Samples, features and checkpoints are "
         "cached in --out; running the same command again resumes.",
         epilog=EPILOG_TRAIN,
@@ -193,7 +218,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--folder", help="model folder whose backbone's conv1 the detector reuses")
     t.add_argument("--backbone", help="or: a zoo state file (safetensors) of the backbone")
-    t.add_argument("--data", default="../shared/data/cifar10", help="training data (rws_hub.datasets.arrays)")
+    t.add_argument(
+        "--data",
+        help="training data (rws_hub.datasets.arrays; default: where the data set of the "
+        "folder's config lives)",
+    )
     t.add_argument("--out", required=True, help="output / cache folder")
     t.add_argument("--images", type=int, help="training samples (default 40000)")
     t.add_argument("--heldout", type=int, help="held-out validation samples (default 2000)")
@@ -227,7 +256,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--folder", required=True, help="model folder (backbone + signatures)")
     e.add_argument("--detector", required=True, help="detector folder (from rws detector train)")
-    e.add_argument("--data", default="../shared/data/cifar10")
+    e.add_argument("--data", help="default: where the data set of the folder's config lives")
     e.add_argument("--split", default="train", help="default train (held-out tail)")
     e.add_argument("--start", type=int, help="first held-out image (default 45000)")
     e.add_argument("--per-cell", dest="per_cell", type=int, default=20)

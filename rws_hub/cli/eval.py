@@ -6,13 +6,26 @@ import argparse
 from pathlib import Path
 
 from rws_hub.cli.corrupt import parse_severities
+from rws_hub.datasets import dataset_of
+from rws_hub.zoo.entries import DEFAULT_ENTRY
 
-EPILOG = """examples:
+EPILOG = f"""examples:
   # TA, and RA at severity 5 on every corruption, unpatched and with each own signature
-  rws eval model-store/cifar10-vgg16 --corruptions all --own --limit 2000 --json out.json
+  rws eval {DEFAULT_ENTRY.folder} --corruptions all --own --limit 2000 --json out.json
   # one fixed mix on two corruptions, every severity
-  rws eval model-store/cifar10-vgg16 --corruptions fog,snow --severities 1-5 --patch fog:1 --patch snow:0.5
+  rws eval {DEFAULT_ENTRY.folder} --corruptions fog,snow --severities 1-5 --patch fog:1 --patch snow:0.5
 """
+
+
+def data_for(config: dict, data: str | None) -> tuple[str, str | None]:
+    """Where the evaluation images are, and the data set name to read them as: ``data`` when
+    given, else where the spec of the data set the folder's config names lives."""
+    spec = dataset_of(config)
+    if data is not None:
+        return data, spec.name if spec is not None else None
+    if spec is None or spec.root is None:
+        raise ValueError("the model folder's config names no registered data set: give --data")
+    return spec.root, spec.name
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -30,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
         mixes[OWN] = OWN
     if args.patch:
         mixes[",".join(args.patch)] = ",".join(args.patch)
-    data = load_images(args.data, args.split).subset(args.limit)
+    where, dataset = data_for(folder.config, args.data)
+    data = load_images(where, args.split, dataset=dataset).subset(args.limit)
     report = evaluate(
         folder.model,
         data,
@@ -56,8 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="model folder (e.g. model-store/cifar10-vgg16)")
-    p.add_argument("--data", default="../shared/data/cifar10", help="data set (rws_hub.datasets.arrays)")
+    p.add_argument("model", help=f"model folder (e.g. {DEFAULT_ENTRY.folder})")
+    p.add_argument(
+        "--data",
+        help="data set (rws_hub.datasets.arrays; default: where the data set named in the "
+        "folder's config lives)",
+    )
     p.add_argument("--split", default="test")
     p.add_argument(
         "--corruptions", help="all | standard | extra | comma list (default: clean only)"

@@ -98,7 +98,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 # -- quantize -----------------------------------------------------------------------------
 def _quantize_cmd(args: argparse.Namespace) -> int:
-    from rws_hub.core.signature import Signature, _fmt_bytes
+    from rws_hub.core.signature import Signature, format_bytes
 
     sig = Signature.load(args.input)
     before = sig.nbytes
@@ -114,7 +114,7 @@ def _quantize_cmd(args: argparse.Namespace) -> int:
     out.save(args.output)
     print(
         f"wrote {args.output}: {out!r}\n"
-        f"payload {_fmt_bytes(before)} -> {_fmt_bytes(out.nbytes)} "
+        f"payload {format_bytes(before)} -> {format_bytes(out.nbytes)} "
         f"({before / max(out.nbytes, 1):.2f}x smaller); max abs change {err:.3g}"
     )
     return 0
@@ -141,8 +141,8 @@ def _tensor_rows(head: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from rws_hub.core.signature import _fmt_bytes
-    from rws_hub.io.files import _read_raw_header, read_header
+    from rws_hub.core.signature import format_bytes
+    from rws_hub.io.files import read_header, read_raw_header
 
     head = read_header(args.file)
     meta = head["metadata"]
@@ -151,7 +151,7 @@ def _info(args: argparse.Namespace) -> int:
     payload = head["payload_bytes"]
     full: dict[str, Any] | None = None
     if args.model:
-        header, _ = _read_raw_header(args.model)
+        header, _ = read_raw_header(args.model)
         full_bytes = sum(
             e["data_offsets"][1] - e["data_offsets"][0]
             for k, e in header.items()
@@ -200,12 +200,12 @@ def _info(args: argparse.Namespace) -> int:
     lines.append("")
     lines.append(
         f"total: {len(rows)} tensors, {numel:,} values, payload {payload:,} bytes "
-        f"({_fmt_bytes(payload)}; fp32 would be {_fmt_bytes(4 * numel)})"
+        f"({format_bytes(payload)}; fp32 would be {format_bytes(4 * numel)})"
     )
     if full:
         lines.append(
             f"full model {args.model}: payload {full['payload_bytes']:,} bytes "
-            f"({_fmt_bytes(full['payload_bytes'])}); the signature is {full['ratio']:.1f}x smaller "
+            f"({format_bytes(full['payload_bytes'])}); the signature is {full['ratio']:.1f}x smaller "
             f"({100 / full['ratio'] if full['ratio'] else 0:.2f}% of it)"
         )
     print("\n".join(lines))
@@ -227,7 +227,7 @@ def _split_alpha(spec: str) -> tuple[str, float | None]:
 def _patch(args: argparse.Namespace) -> int:
     from rws_hub.core.patching import patched_tensors
     from rws_hub.core.signature import Signature
-    from rws_hub.io.files import _read_raw_header, load_state_dict, save_state_dict
+    from rws_hub.io.files import load_state_dict, read_raw_header, save_state_dict
 
     mix: dict[Any, float] = {}
     applied = []
@@ -239,7 +239,7 @@ def _patch(args: argparse.Namespace) -> int:
         applied.append(
             {"name": sig.name, "alpha": a, "file": Path(path).name, "lineage": sig.lineage}
         )
-    header, _ = _read_raw_header(args.model)
+    header, _ = read_raw_header(args.model)
     base = load_state_dict(args.model)
     meta = dict(header.get("__metadata__") or {})
     lineage = meta.get("rws_lineage")
@@ -286,7 +286,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="tensor",
         help="scales per tensor or per output channel (default tensor)",
     )
-    p.add_argument("--architecture", help="architecture id to record (e.g. vgg16_cifar)")
+    p.add_argument(
+        "--architecture", help="architecture id to record (a name of rws_hub.archs.list_models())"
+    )
     p.add_argument("--kind", default="corruption", help="signature kind (default corruption)")
     p.add_argument(
         "--default-alpha", type=float, default=1.0, help="alpha used when none is given (default 1)"

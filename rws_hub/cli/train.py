@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from rws_hub.datasets import default_dataset, list_datasets
 from rws_hub.zoo.training import TrainConfig, train
 
-EPILOG = """examples:
-  # θ_pre: half-width VGG-16 from scratch on CIFAR-10, one-cycle SGD
-  rws train --stage pretrain --data ../shared/data/cifar10 --out runs/pre \\
+_DATA = default_dataset()
+EPILOG = f"""examples:
+  # θ_pre: half-width VGG-16 from scratch on {_DATA.title}, one-cycle SGD
+  rws train --stage pretrain --dataset {_DATA.name} --data {_DATA.root} --out runs/pre \\
       --epochs 8 --lr 0.05 --schedule onecycle
+  # another registered data set, read from where its spec says it lives
+  rws train --stage pretrain --dataset NAME --out runs/pre-NAME
   # θ_std: fine-tune θ_pre on clean data
   rws train --stage clean --init runs/pre/final.safetensors --out runs/clean --epochs 1
   # θ_c: fine-tune θ_pre on a clean/corrupted mix (half of every batch corrupted)
@@ -48,11 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", choices=("pretrain", "clean", "robust"), default=d.stage)
-    p.add_argument("--data", default=d.data, help="data set (see rws_hub.datasets.arrays.load_images)")
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        choices=list_datasets(),
+        help="registered data set: class count, normalisation and default location",
+    )
+    p.add_argument(
+        "--data",
+        help="where the data set is (see rws_hub.datasets.arrays.load_images; default: where "
+        "its spec says it lives)",
+    )
     p.add_argument("--out", default=d.out, help="run folder")
     p.add_argument("--architecture", default=d.architecture)
     p.add_argument("--width", type=float, default=d.width, help="channel width multiplier")
-    p.add_argument("--num-classes", type=int, default=d.num_classes)
+    p.add_argument("--num-classes", type=int, help="default: the data set's")
     p.add_argument("--init", help="safetensors state dict to fine-tune from")
     p.add_argument("--epochs", type=float, default=d.epochs, help="may be fractional")
     p.add_argument("--batch-size", type=int, default=d.batch_size)

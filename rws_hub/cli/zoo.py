@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from rws_hub.zoo.entries import DEFAULT_ENTRY
 from rws_hub.zoo.pipeline import STEPS, ZooBuilder, ZooSpec
 
-EPILOG = """The embedded default model-store/cifar10-vgg16 is rebuilt with:
+EPILOG = f"""The embedded default {DEFAULT_ENTRY.folder} is rebuilt with:
   rws zoo build --jobs 2
 Each step is skipped when its output exists and resumes from its checkpoint when killed; run
 the same command again to continue. Run only some steps with --steps, e.g.
@@ -30,11 +31,8 @@ def _parse_value(name: str, raw: str):
 
 
 def _build(args: argparse.Namespace) -> int:
-    spec = ZooSpec()
-    for f in fields(ZooSpec):
-        raw = getattr(args, f.name, None)
-        if raw is not None:
-            setattr(spec, f.name, _parse_value(f.name, str(raw)))
+    given = {f.name: getattr(args, f.name, None) for f in fields(ZooSpec)}
+    spec = ZooSpec(**{k: _parse_value(k, str(v)) for k, v in given.items() if v is not None})
     steps = tuple(s for s in args.steps.split(",") if s)
     unknown = set(steps) - set(STEPS)
     if unknown:

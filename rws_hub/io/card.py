@@ -15,6 +15,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from rws_hub.datasets import dataset_name_of, dataset_of
+
 LIBRARY_NAME = "rws-hub"
 DEFAULT_LICENSE = "apache-2.0"
 
@@ -62,11 +64,30 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+UNKNOWN_DATASET = "unknown-data"
+
+
+def dataset_name(config: Mapping[str, Any]) -> str:
+    """The name of the data set a config was made for: the one it names, else the registered
+    spec its classes match (:func:`rws_hub.datasets.dataset_of`)."""
+    name = dataset_name_of(config)
+    if name is None:
+        spec = dataset_of(config)
+        name = spec.name if spec is not None else UNKNOWN_DATASET
+    return name
+
+
+def dataset_title(config: Mapping[str, Any]) -> str:
+    """The data set's display name (its spec's ``title``; the name when unregistered)."""
+    spec = dataset_of(config)
+    return spec.title if spec is not None else dataset_name(config)
+
+
 def model_name(config: Mapping[str, Any]) -> str:
-    """The card's model name, e.g. ``rws-cifar10-vgg16_cifar-w1.0``."""
+    """The card's model name, ``rws-<data set>-<architecture>-w<width>``."""
     if config.get("name"):
         return str(config["name"])
-    dataset = config.get("metrics", {}).get("dataset", "cifar10")
+    dataset = dataset_name(config)
     width = config.get("width", 1.0)
     return f"rws-{dataset}-{config['architecture']}-w{width}"
 
@@ -81,7 +102,7 @@ def eval_results(config: Mapping[str, Any]) -> list[EvalResult]:
     Non-numeric values are skipped.
     """
     metrics = config.get("metrics") or {}
-    dataset = str(metrics.get("dataset", "cifar10"))
+    dataset = dataset_name(config)
     split = str(metrics.get("split", "test"))
     severity = metrics.get("severity", 5)
     out: list[EvalResult] = []
@@ -123,8 +144,7 @@ def eval_results(config: Mapping[str, Any]) -> list[EvalResult]:
 
 def card_data(config: Mapping[str, Any]) -> ModelCardData:
     """The card's metadata (front matter) from a model folder config."""
-    metrics = config.get("metrics") or {}
-    dataset = str(metrics.get("dataset", "cifar10"))
+    dataset = dataset_name(config)
     tags = [
         LIBRARY_NAME,
         "robust-weight-signatures",
@@ -164,6 +184,7 @@ def _pct(value: Any, factor: float = 100.0) -> str:
 
 def _body(config: Mapping[str, Any]) -> str:
     name = model_name(config)
+    title = dataset_title(config)
     metrics = config.get("metrics") or {}
     sigs = list(config.get("signatures", []))
     repo = str(config.get("repo_id", "<repo_id>"))
@@ -250,7 +271,7 @@ def _body(config: Mapping[str, Any]) -> str:
     if config.get("rebuild"):
         lines += [
             "The robust models the signatures were extracted from are not shipped (each is as "
-            "large as the backbone); this command (from a checkout of rws-hub, with CIFAR-10) "
+            f"large as the backbone); this command (from a checkout of rws-hub, with {title}) "
             "retrains θ_pre, the clean backbone and every robust model, then extracts, "
             "evaluates and exports this folder, step by step and resumable:",
             "",
@@ -266,8 +287,8 @@ def _body(config: Mapping[str, Any]) -> str:
             'The corruption detector behind `"auto"` (`detector.safetensors`) is trained '
             "on this folder's backbone, then its rule is chosen by measurement and installed:",
             "",
-            f"    rws detector train --folder <this folder> --data <CIFAR-10>{opts} --out DIR",
-            "    rws detector eval --folder <this folder> --data <CIFAR-10> --detector DIR "
+            f"    rws detector train --folder <this folder> --data <{title}>{opts} --out DIR",
+            f"    rws detector eval --folder <this folder> --data <{title}> --detector DIR "
             "--choose --install",
             "",
         ]

@@ -12,14 +12,16 @@ Layout (every path relative to the folder)::
 
 ``config.json`` keys (``format_version`` 1):
 
-- ``format_version`` (int), ``architecture`` (registry name, e.g. ``"vgg16_cifar"``),
-  ``width`` (float), ``classes`` (list of str), ``mean`` / ``std`` (3 floats each),
-  ``input_size`` (``[3, 32, 32]``);
+- ``format_version`` (int), ``architecture`` (a name of the :mod:`rws_hub.archs` registry),
+  ``width`` (float), ``dataset`` (optional: the :mod:`rws_hub.datasets` spec it was made for;
+  folders without it were made for the default data set), ``classes`` (list of str),
+  ``mean`` / ``std`` (3 floats each), ``input_size`` (``[3, S, S]``): the last four are the
+  data set spec's, copied, so loading a folder needs no registry entry for its data set;
 - ``lineage``: ``rws_hub.core.lineage.fingerprint`` of theta_pre; every signature must carry it;
 - ``signature_layers``: K, the number of shallow conv layers the signatures patch;
 - ``signatures``: names of the signatures shipped in ``signatures/`` (in display order);
 - ``metrics``: measured results (written by the zoo's evaluation, read by ``rws_hub.io.card``):
-  ``{"dataset": "cifar10", "test_images": <int>, "severity": 5, "clean_accuracy": <TA>,
+  ``{"dataset": <data set name>, "test_images": <int>, "severity": 5, "clean_accuracy": <TA>,
   "corruptions": {<corruption>: {"backbone_ra", "patched_ra", "patched_ta",
   "robust_model_ra", "robust_model_ta"}}}``, accuracies in [0, 1];
 - ``default_signatures`` (optional): the signatures a server loads by default;
@@ -59,18 +61,19 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rws_hub.archs.models import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, model_from_config
+from rws_hub.archs import Normalize, model_from_config
+from rws_hub.core.lineage import fingerprint
+from rws_hub.core.signature import Signature
+from rws_hub.datasets import dataset_name_of, dataset_of, get_dataset
 from rws_hub.errors import ArtifactError, RWSError, SignatureMismatchError
-
-if TYPE_CHECKING:
-    from rws_hub.core.signature import Signature
+from rws_hub.io.card import model_card
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -314,8 +317,6 @@ class ModelFolder:
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         """theta_pre as a state dict (verified against the manifest and ``config["lineage"]``)."""
-        from rws_hub.core.lineage import fingerprint
-
         sd = self._optional_tensors(PRETRAINED_FILE)
         lineage = self.config.get("lineage")
         if lineage and fingerprint(sd) != lineage:
@@ -391,8 +392,6 @@ def read_signature_file(
     Raises :class:`ArtifactError` naming ``signatures/<name>.safetensors`` when the file is
     missing, not listed, damaged, unreadable or holds a differently named signature.
     """
-    from rws_hub.core.signature import Signature
-
     rel = signature_file(name)
     path = Path(path)
     if not path.is_file():
@@ -442,8 +441,37 @@ def check_signature(
 
 
 def _same_architecture(sig_arch: str, arch: str) -> bool:
-    # A signature may record a more specific id ("vgg16_cifar@w0.5"); the family must agree.
+    # A signature may record a more specific id ("<architecture>@w0.5"); the family must agree.
     return sig_arch == arch or sig_arch.split("@", 1)[0].split(":", 1)[0] == arch
+
+
+def _dataset_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Data set keys for a config that lacks them: the spec of the data set the config names
+    (or the default one when it names none); nothing for an unregistered name."""
+    name = dataset_name_of(config)
+    spec = dataset_of(config) if name is None else None
+    if name is not None:
+        try:
+            spec = get_dataset(name)
+        except ValueError:
+            return {"dataset": name}
+    if spec is None:
+        return {}
+    out = spec.config()
+    if name is None and "classes" in config:
+        out.pop("dataset")  # the classes match, but the config does not say which data set
+    return out
+
+
+def _model_normalisation(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``mean`` / ``std`` of the model's own normalisation layer (``normalize``), if any."""
+    norm = getattr(model, "normalize", None)
+    if not isinstance(norm, Normalize):
+        return {}
+    return {
+        "mean": [round(float(v), 6) for v in norm.mean.flatten()],
+        "std": [round(float(v), 6) for v in norm.std.flatten()],
+    }
 
 
 def save_model_folder(
@@ -459,8 +487,11 @@ def save_model_folder(
 ) -> Path:
     """Write a model folder (weights, signatures, config, card, manifest) and return its path.
 
-    ``config`` needs at least ``architecture``; defaults fill ``format_version``, ``classes``
-    (CIFAR-10), ``mean``/``std``, ``input_size``, ``signatures`` (the names written),
+    ``config`` needs at least ``architecture``; defaults fill ``format_version``, the data set
+    keys ``dataset``, ``classes``, ``mean``/``std``, ``input_size`` (from the spec of the data
+    set the config names as ``dataset`` or ``metrics.dataset``, else of the default data set;
+    ``mean``/``std`` of a model that carries its normalisation layer are the model's own),
+    ``signatures`` (the names written),
     ``signature_layers`` (from the signatures), ``metrics`` and ``recipe`` (empty). ``lineage`` is
     taken from ``config``, else the fingerprint of ``pretrained``, else the signatures; all must
     agree. The backbone must fit the config (checked by rebuilding it). ``card`` defaults to
@@ -484,10 +515,8 @@ def save_model_folder(
 
     cfg: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "classes": list(CIFAR10_CLASSES),
-        "mean": list(CIFAR10_MEAN),
-        "std": list(CIFAR10_STD),
-        "input_size": [3, 32, 32],
+        **_dataset_defaults(config),
+        **_model_normalisation(model),
         "metrics": {},
         "recipe": {},
     }
@@ -508,8 +537,6 @@ def save_model_folder(
     if cfg.get("lineage"):
         lineages["config"] = cfg["lineage"]
     if pre_sd is not None:
-        from rws_hub.core.lineage import fingerprint
-
         lineages["pretrained"] = fingerprint(pre_sd)
     for s in sigs:
         if s.lineage:
@@ -533,7 +560,7 @@ def save_model_folder(
             cfg["signature_layers"] = len(layers)
 
     order = [
-        "format_version", "architecture", "width", "classes", "mean", "std", "input_size",
+        "format_version", "architecture", "width", "dataset", "classes", "mean", "std", "input_size",
         "lineage", "signature_layers", "signatures", "metrics", "recipe",
     ]  # fmt: skip
     cfg = {k: cfg[k] for k in order if k in cfg} | {k: v for k, v in cfg.items() if k not in order}
@@ -553,8 +580,6 @@ def save_model_folder(
         s.save(root / signature_file(s.name))
     (root / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     if card is None:
-        from rws_hub.io.card import model_card
-
         card = model_card(cfg)
     (root / CARD_FILE).write_text(card, encoding="utf-8")
     for rel in _listed_candidates(root):
@@ -614,8 +639,6 @@ def add_detector(
     config = _read_config(root)
     if problems:
         raise ArtifactError(f"{root}: does not verify ({problems}); not adding a detector")
-    from rws_hub.io.card import model_card
-
     card = root / CARD_FILE
     generated = card.is_file() and card.read_text(encoding="utf-8") == model_card(config)
     config["detector"] = dict(detector_config)

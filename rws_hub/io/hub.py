@@ -4,8 +4,9 @@
 - :func:`from_pretrained`: a :class:`~rws_hub.io.folder.ModelFolder` from a local folder or a hub
   repo id (only the requested signature files are downloaded).
 - :func:`signature_from_pretrained`: one signature, downloading just its file and the manifest.
-- :class:`CIFAR10_VGG16_Weights`: a torchvision-style weights enum with ``meta`` (read from the
-  folder's measured metrics), ``transforms()``, ``url`` and ``get_folder()``.
+- :func:`config_from_pretrained`: a folder's ``config.json``, downloading just that file.
+
+The zoo's torchvision-style weights enums, built on these, are in :mod:`rws_hub.zoo.weights`.
 
 The model folder is the only artifact format: the hub repository *is* the folder, file for file.
 Downloads go through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from a populated cache.
@@ -13,23 +14,18 @@ Downloads go through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import Enum
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
-from torch import nn
 
-from rws_hub.archs.models import model_from_config
 from rws_hub.errors import ArtifactError
-from rws_hub.io.card import clean_accuracy, per_corruption
 from rws_hub.io.folder import (
     CARD_FILE,
     CONFIG_FILE,
@@ -48,10 +44,6 @@ from rws_hub.io.folder import (
 
 LIBRARY_NAME = "rws-hub"
 HUB_URL = "https://huggingface.co"
-#: Environment variable: a model folder that replaces the ``cifar10-vgg16`` zoo entry's folder.
-FOLDER_ENV = "RWS_HUB_FOLDER"
-#: The repository checkout this package lives in (holds ``model-store/`` in a clone).
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Files every download of a folder needs, whichever signatures are asked for.
 _CORE_FILES = [CONFIG_FILE, MODEL_FILE, MANIFEST_FILE, CARD_FILE]
@@ -59,10 +51,8 @@ _CORE_FILES = [CONFIG_FILE, MODEL_FILE, MANIFEST_FILE, CARD_FILE]
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("rws-hub")
-    except Exception:  # not installed (plain checkout on sys.path)
+    except PackageNotFoundError:  # not installed (plain checkout on sys.path)
         return "0"
 
 
@@ -245,170 +235,25 @@ def signature_from_pretrained(
     return read_signature_file(path, name, manifest, device=device)
 
 
-# -- torchvision-style weights ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where a zoo entry's folder lives: embedded in the repo checkout, or on the hub."""
-
-    entry: str  # e.g. "cifar10-vgg16"
-    repo_id: str  # hub model repository
-    architecture: str
-    dataset: str
-    input_size: int = 32
-    env: str | None = None  # environment variable that overrides the folder
-
-    @property
-    def embedded(self) -> Path:
-        return REPO_ROOT / "model-store" / self.entry
-
-
-def _to_rgb(image: Any) -> Any:
-    """PIL images of any mode to RGB; tensors pass through."""
-    convert = getattr(image, "convert", None)
-    return convert("RGB") if callable(convert) and getattr(image, "mode", "RGB") != "RGB" else image
-
-
-def _meta_for(config: dict[str, Any]) -> dict[str, Any]:
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        model = model_from_config(config)
-    metrics = config.get("metrics") or {}
-    return {
-        "categories": list(config["classes"]),
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "architecture": config["architecture"],
-        "width": config.get("width", 1.0),
-        "input_size": config.get("input_size", [3, 32, 32]),
-        "lineage": config.get("lineage"),
-        "signature_layers": config.get("signature_layers"),
-        "signatures": list(config.get("signatures", [])),
-        "metrics": metrics,
-        "ta": clean_accuracy(metrics),
-        "ra": {c: v.get("patched_ra") for c, v in per_corruption(metrics).items()},
-        "recipe": config.get("recipe", {}),
-    }
-
-
-class RWSWeights(Enum):
-    """Base of the weights enums: members hold a :class:`WeightsSpec`."""
-
-    @property
-    def spec(self) -> WeightsSpec:
-        return self.value
-
-    @property
-    def repo_id(self) -> str:
-        """The hub model repository of these weights."""
-        return self.value.repo_id
-
-    @property
-    def url(self) -> str:
-        """Hub page of the repository (the folder's files are under ``/resolve/main/``)."""
-        return f"{HUB_URL}/{self.value.repo_id}"
-
-    def local_folder(self) -> Path | None:
-        """The folder on this machine, if any: ``$RWS_HUB_FOLDER`` when set (for the
-        ``cifar10-vgg16`` entry; an error if it is not a model folder), else the embedded
-        ``model-store/<entry>/`` of the repository checkout when it holds ``config.json``."""
-        spec = self.value
-        if spec.env and os.environ.get(spec.env):
-            path = Path(os.environ[spec.env]).expanduser()
-            if not (path / CONFIG_FILE).is_file():
-                raise ArtifactError(f"{spec.env}={path}: not a model folder (no {CONFIG_FILE})")
-            return path
-        if (spec.embedded / CONFIG_FILE).is_file():
-            return spec.embedded
-        return None
-
-    def get_folder(self, *, download: bool = True) -> Path:
-        """The model folder: :meth:`local_folder`, else the whole repo from the hub (cache
-        first; works with ``HF_HUB_OFFLINE=1`` once cached). ``download=False`` never
-        contacts the hub and raises :class:`ArtifactError` when there is no local folder."""
-        local = self.local_folder()
-        if local is not None:
-            return local
-        if not download:
-            raise ArtifactError(
-                f"{self.value.entry}: no folder at {self.value.embedded} (or ${FOLDER_ENV}) "
-                "and download=False"
-            )
-        return pull(self.value.repo_id)
-
-    def config(self) -> dict[str, Any]:
-        """The folder's ``config.json`` (from the hub, only that file is downloaded)."""
-        local = self.local_folder()
-        if local is None:
-            local = Path(
-                hf_hub_download(self.value.repo_id, CONFIG_FILE, library_name=LIBRARY_NAME)
-            ).parent
-        return ModelFolder.read_config(local)
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """Categories, parameter count, measured TA / RA (``ta``: the backbone's clean
-        accuracy; ``ra``: RA per corruption with its signature; ``metrics``: everything
-        measured), recipe and signature names, read from the folder's ``config.json``."""
-        return _meta_for(self.config())
-
-    def transforms(self) -> Any:
-        """A torchvision transform: PIL image (any mode) -> float tensor in [0, 1], shape
-        (3, S, S) with S the model's input size (32). Resize the short side, center-crop, no
-        normalisation (the model normalises inside)."""
-        from torchvision.transforms import v2
-
-        size = self.value.input_size
-        return v2.Compose(
-            [
-                v2.Lambda(_to_rgb),
-                v2.ToImage(),
-                v2.Resize(size, antialias=True),
-                v2.CenterCrop(size),
-                v2.ToDtype(torch.float32, scale=True),
-            ]
-        )
-
-    def _source(self) -> Path | str:
-        """:meth:`local_folder` when there is one, else the hub repo id."""
-        local = self.local_folder()
-        return local if local is not None else self.value.repo_id
-
-    def load(self, **kwargs: Any) -> ModelFolder:
-        """The loaded folder (kwargs of :func:`from_pretrained`: device, signatures, verify,
-        revision, cache_dir, token). From the hub only the requested signatures download."""
-        return from_pretrained(self._source(), **kwargs)
-
-    def signature(self, name: str, **kwargs: Any) -> Any:
-        """One verified signature (kwargs of :func:`signature_from_pretrained`)."""
-        return signature_from_pretrained(self._source(), name, **kwargs)
-
-    def build_model(self, pretrained: bool = True, **kwargs: Any) -> nn.Module:
-        """The backbone (``pretrained``) or an untrained model of the same architecture."""
-        if pretrained:
-            return self.load(**{"signatures": None, **kwargs}).model
-        return model_from_config(self.config())
-
-
-class CIFAR10_VGG16_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
-    """VGG-16 (CIFAR variant) trained on CIFAR-10, with its corruption signatures."""
-
-    RWS_V1 = WeightsSpec(
-        entry="cifar10-vgg16",
-        repo_id="rws-hub/cifar10-vgg16",
-        architecture="vgg16_cifar",
-        dataset="cifar10",
-        env=FOLDER_ENV,
+def config_from_pretrained(
+    repo_id_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """A model folder's ``config.json`` from a local folder or a hub repo (only that file is
+    downloaded; not checked against the manifest, as it is only read, never run)."""
+    if _is_local(repo_id_or_path):
+        return ModelFolder.read_config(Path(repo_id_or_path).expanduser())
+    path = hf_hub_download(
+        str(repo_id_or_path),
+        CONFIG_FILE,
+        repo_type="model",
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        library_name=LIBRARY_NAME,
+        library_version=_version(),
     )
-    DEFAULT = RWS_V1
-
-
-#: Zoo entries by hubconf entrypoint name.
-ZOO: dict[str, RWSWeights] = {"cifar10_vgg16": CIFAR10_VGG16_Weights.DEFAULT}
-
-
-def get_weights(name: str) -> RWSWeights:
-    """The weights of a zoo entry by entrypoint name (``"cifar10_vgg16"``)."""
-    try:
-        return ZOO[name]
-    except KeyError:
-        raise ValueError(f"unknown zoo entry {name!r}; known: {', '.join(ZOO)}") from None
+    return ModelFolder.read_config(Path(path).parent)

@@ -2,8 +2,8 @@
 
 Corrupted test images are made on the fly, batch by batch, from generators seeded by
 ``(seed, batch index)``: the same call always sees the same corrupted test set, the equivalent of
-a CIFAR-10-C array. A CIFAR-10-C style folder on disk can be evaluated too (``load_images`` with
-``corruption=`` / ``severity=``).
+a "-C" benchmark array. A folder of corrupted arrays on disk (``rws corrupt``) can be evaluated
+too (``load_images`` with ``corruption=`` / ``severity=``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rws_hub.core.patching import patch
 from rws_hub.core.seeding import seeded_generator
 from rws_hub.datasets.arrays import ImageArrays
+from rws_hub.datasets.corruptions import corrupt
 
 OWN = "own"  # mix label: patch each corruption with the signature of the same name
 
@@ -42,8 +44,6 @@ def accuracy(
     for b, start in enumerate(range(0, len(data), batch_size)):
         x = data.x[start : start + batch_size].float().div_(255)
         if corruption:
-            from rws_hub.datasets.corruptions import corrupt
-
             x = corrupt(x, corruption, severity, generator=seeded_generator(seed, b, 7919))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -129,8 +129,6 @@ def evaluate(
     signature with the corruption's name at its default α; on clean data ``"own"`` is measured
     per corruption too and reported in ``meta["own_clean"]``). Default: ``{"none": None}``.
     """
-    from rws_hub.core.patching import patch
-
     mixes = dict(mixes or {"none": None})
     sevs = list(severities)
     report = EvalReport(images=len(data), meta={"seed": seed, "severities": sevs})

@@ -21,28 +21,35 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from rws_hub.archs.models import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, create_model
+from rws_hub.archs import create_model
+from rws_hub.core.extraction import extract
+from rws_hub.core.signature import Signature
+from rws_hub.datasets import DatasetSpec, get_dataset
+from rws_hub.datasets.arrays import load_images
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
+from rws_hub.io.folder import save_model_folder
+from rws_hub.zoo.entries import DEFAULT_ENTRY
+from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
 from rws_hub.zoo.training import TrainConfig, train
 
 STEPS = ("pretrain", "clean", "robust", "extract", "evaluate", "export")
 
 
 def _all_corruptions() -> list[str]:
-    from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
-
     return list(ALL_CORRUPTIONS)
 
 
 @dataclass
 class ZooSpec:
-    """What a zoo entry is made of, and how (defaults: the embedded ``cifar10-vgg16``)."""
+    """What a zoo entry is made of, and how (defaults: the embedded default entry of
+    :mod:`rws_hub.zoo.entries`; ``data`` defaults to where its data set lives)."""
 
-    name: str = "cifar10-vgg16"
-    data: str = "../shared/data/cifar10"
-    work: str = "runs/zoo/cifar10-vgg16"
-    export: str = "model-store/cifar10-vgg16"
-    architecture: str = "vgg16_cifar"
-    width: float = 0.5
+    name: str = DEFAULT_ENTRY.name
+    data: str | None = None  # default: where the data set lives (its spec's root)
+    work: str = DEFAULT_ENTRY.work
+    export: str = DEFAULT_ENTRY.folder
+    architecture: str = DEFAULT_ENTRY.architecture
+    width: float = DEFAULT_ENTRY.width
     pretrain_epochs: float = 8
     pretrain_lr: float = 0.05
     label_smoothing: float = 0.0  # pretraining only
@@ -58,15 +65,29 @@ class ZooSpec:
     eval_limit: int | None = None  # test images (None = the whole test set)
     jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
     seed: int = 0
+    dataset: str = DEFAULT_ENTRY.dataset  # a rws_hub.datasets name: classes, normalisation
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            root = self.dataset_spec.root
+            if root is None:
+                raise ValueError(f"data set {self.dataset!r} has no default location: give data")
+            self.data = root
+
+    @property
+    def dataset_spec(self) -> DatasetSpec:
+        """The registered spec of :attr:`dataset`."""
+        return get_dataset(self.dataset)
 
     # --- run configurations -------------------------------------------------------------
     def _base(self) -> dict[str, Any]:
         return {
             "data": self.data,
+            "dataset": self.dataset,
             "architecture": self.architecture,
             "width": self.width,
             "seed": self.seed,
-            "num_classes": len(CIFAR10_CLASSES),
+            "num_classes": self.dataset_spec.num_classes,
         }
 
     def pretrain_config(self) -> TrainConfig:
@@ -107,15 +128,14 @@ class ZooSpec:
         )
 
     def config_json(self) -> dict[str, Any]:
-        """The backbone's ``config.json`` content (metrics are added by the export step)."""
+        """The backbone's ``config.json`` content (metrics are added by the export step); the
+        data set keys (``dataset``, ``classes``, ``mean``, ``std``, ``input_size``) are its
+        spec's."""
         return {
             "name": self.name,
             "architecture": self.architecture,
             "width": self.width,
-            "classes": list(CIFAR10_CLASSES),
-            "mean": list(CIFAR10_MEAN),
-            "std": list(CIFAR10_STD),
-            "input_size": [3, 32, 32],
+            **self.dataset_spec.config(),
             "signature_layers": self.layers,
             "recipe": asdict(self),
             "rebuild": self.rebuild_command(),
@@ -145,7 +165,14 @@ def _train_quietly(cfg: TrainConfig) -> str:
 
 def load_state_model(spec: ZooSpec, path: str | Path) -> nn.Module:
     """A model of the zoo's architecture with the state dict at ``path`` (safetensors)."""
-    model = create_model(spec.architecture, num_classes=len(CIFAR10_CLASSES), width=spec.width)
+    data = spec.dataset_spec
+    model = create_model(
+        spec.architecture,
+        num_classes=data.num_classes,
+        width=spec.width,
+        mean=data.mean,
+        std=data.std,
+    )
     model.load_state_dict(load_file(str(path)))
     return model.eval()
 
@@ -213,8 +240,6 @@ class ZooBuilder:
 
     # --- signatures -----------------------------------------------------------------------
     def extract(self) -> dict[str, Path]:
-        from rws_hub.core.extraction import extract
-
         out = self.work / "signatures"
         out.mkdir(parents=True, exist_ok=True)
         pre = load_file(str(self.work / "pretrain/final.safetensors"))
@@ -245,8 +270,6 @@ class ZooBuilder:
         return paths
 
     def signatures(self) -> dict[str, Any]:
-        from rws_hub.core.signature import Signature
-
         return {
             c: Signature.load(self.work / "signatures" / f"{c}.safetensors")
             for c in self.spec.corruptions
@@ -255,13 +278,11 @@ class ZooBuilder:
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         """Measure backbone, patched backbone and each robust model; cached in eval.json."""
-        from rws_hub.datasets.arrays import load_images
-        from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
-
         torch.set_num_threads(os.cpu_count() or 1)
         path = self.work / "eval.json"
         results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        test = load_images(self.spec.data, "test").subset(self.spec.eval_limit)
+        test = load_images(self.spec.data, "test", dataset=self.spec.dataset)
+        test = test.subset(self.spec.eval_limit)
         if results.get("images") not in (None, len(test)):
             # measured on another number of test images: keep it aside, measure again
             path.rename(path.with_name(f"eval-{results['images']}.json"))
@@ -303,7 +324,7 @@ class ZooBuilder:
 
         rows = eval_rows(res, self.spec.severity, self.spec.corruptions)
         return {
-            "dataset": "cifar10",
+            "dataset": self.spec.dataset,
             "split": "test",
             "test_images": res["images"],
             "severity": self.spec.severity,
@@ -313,8 +334,6 @@ class ZooBuilder:
 
     # --- export ---------------------------------------------------------------------------
     def export(self) -> Path:
-        from rws_hub.io.folder import save_model_folder
-
         pre = load_file(str(self.work / "pretrain/final.safetensors"))
         model = load_state_model(self.spec, self.work / "clean/final.safetensors")
         config = self.spec.config_json()  # lineage: save_model_folder fingerprints ``pre``

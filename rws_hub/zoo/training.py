@@ -24,9 +24,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core.seeding import seeded_generator
+from rws_hub.datasets import DatasetSpec, default_dataset, get_dataset
 from rws_hub.datasets.arrays import ImageArrays, load_images
+from rws_hub.datasets.corruptions import corrupt
+from rws_hub.zoo.entries import DEFAULT_ENTRY
 from rws_hub.zoo.evaluation import accuracy
 
 STAGES = ("pretrain", "clean", "robust")
@@ -34,14 +37,19 @@ STAGES = ("pretrain", "clean", "robust")
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run (saved as the run's ``config.json``)."""
+    """Everything that decides a training run (saved as the run's ``config.json``).
+
+    ``dataset`` names the :mod:`rws_hub.datasets` spec the images belong to: the model's
+    normalisation comes from it, and so do ``data`` (where it lives) and ``num_classes`` when
+    they are not given.
+    """
 
     stage: str = "pretrain"
-    data: str = "../shared/data/cifar10"
+    data: str | None = None  # default: the data set's location
     out: str = "runs/train"
-    architecture: str = "vgg16_cifar"
-    width: float = 0.5
-    num_classes: int = 10
+    architecture: str = DEFAULT_ENTRY.architecture
+    width: float = DEFAULT_ENTRY.width
+    num_classes: int | None = None  # default: the data set's number of classes
     init: str | None = None  # safetensors state dict to start from (fine-tuning stages)
     epochs: float = 1.0  # may be fractional: 0.5 = half an epoch
     batch_size: int = 128
@@ -62,6 +70,21 @@ class TrainConfig:
     threads: int | None = None
     checkpoint_every: int = 100  # steps
     channels_last: bool = True
+    dataset: str = default_dataset().name
+
+    def __post_init__(self) -> None:
+        spec = self.dataset_spec
+        if self.data is None:
+            if spec.root is None:
+                raise ValueError(f"data set {spec.name!r} has no default location: give data")
+            self.data = spec.root
+        if self.num_classes is None:
+            self.num_classes = spec.num_classes
+
+    @property
+    def dataset_spec(self) -> DatasetSpec:
+        """The registered spec of :attr:`dataset`."""
+        return get_dataset(self.dataset)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -121,8 +144,6 @@ def make_batch(
     if cfg.augment:
         x = augment_batch(x, g)
     if cfg.stage == "robust":
-        from rws_hub.datasets.corruptions import corrupt
-
         n_c = max(1, round(cfg.corrupt_fraction * len(x)))
         severities = _severities(cfg)
         sev = severities[int(torch.randint(0, len(severities), (1,), generator=g))]
@@ -131,9 +152,17 @@ def make_batch(
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The architecture of the run, initialised from ``cfg.init`` when given."""
+    """The architecture of the run (normalising with the data set's mean / std), initialised
+    from ``cfg.init`` when given."""
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's identity
-    model = create_model(cfg.architecture, num_classes=cfg.num_classes, width=cfg.width)
+    spec = cfg.dataset_spec
+    model = create_model(
+        cfg.architecture,
+        num_classes=cfg.num_classes,
+        width=cfg.width,
+        mean=spec.mean,
+        std=spec.std,
+    )
     if cfg.init:
         state = load_file(cfg.init)
         model.load_state_dict(state)
@@ -185,8 +214,8 @@ def train(
     run.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_set = load_images(cfg.data, "train").subset(cfg.limit)
-    test_set = load_images(cfg.data, "test").subset(cfg.eval_limit)
+    train_set = load_images(cfg.data, "train", dataset=cfg.dataset).subset(cfg.limit)
+    test_set = load_images(cfg.data, "test", dataset=cfg.dataset).subset(cfg.eval_limit)
 
     model = build_model(cfg)
     if cfg.channels_last:
@@ -204,6 +233,9 @@ def train(
     if resume and (run / "checkpoint.json").exists():
         saved = json.loads((run / "config.json").read_text())
         now = json.loads(json.dumps(asdict(cfg)))
+        # a run saved before a field existed ran with that field's default
+        defaults = json.loads(json.dumps(asdict(TrainConfig())))
+        saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(now)}
         runtime = ("threads", "checkpoint_every", "out")  # knobs that do not change the result
         if {k: v for k, v in saved.items() if k not in runtime} != {
             k: v for k, v in now.items() if k not in runtime

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core.layers import shallow_params
 from rws_hub.core.lineage import fingerprint
 from rws_hub.core.signature import Signature

@@ -17,8 +17,9 @@ from helpers.hub import NAMES, REPO_ROOT, make_tiny_folder
 from PIL import Image
 
 import rws_hub
+from rws_hub.datasets import get_dataset
 from rws_hub.io.folder import ModelFolder, signature_file, verify_folder
-from rws_hub.io.hub import FOLDER_ENV, CIFAR10_VGG16_Weights
+from rws_hub.zoo.weights import FOLDER_ENV, CIFAR10_VGG16_Weights
 
 EMBEDDED = REPO_ROOT / "model-store" / "cifar10-vgg16"
 
@@ -121,7 +122,8 @@ def test_weights_enum(hub_env: Path) -> None:
     assert w.get_folder() == hub_env and w.url.endswith(w.repo_id)
     meta = w.meta
     model = ModelFolder.load(hub_env, signatures=None).model
-    assert meta["categories"] == list(rws_hub.archs.models.CIFAR10_CLASSES)
+    assert meta["categories"] == list(get_dataset("cifar10").classes)
+    assert meta["dataset"] == "cifar10"
     assert meta["num_params"] == sum(p.numel() for p in model.parameters())
     assert meta["ta"] == 0.91 and meta["ra"]["fog"] == 0.71
     assert meta["signatures"] == list(NAMES)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rws_hub import Signature, extract
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.cli import main
 from rws_hub.io.files import load_state_dict, save_state_dict
 

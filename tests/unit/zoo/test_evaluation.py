@@ -52,7 +52,7 @@ def test_report_round_trip_and_markdown() -> None:
 def test_patched_evaluation_restores_the_model(tiny_cifar: Path) -> None:
     sig_mod = pytest.importorskip("rws_hub.core.signature")
     pytest.importorskip("rws_hub.datasets.corruptions")
-    from rws_hub.archs.models import create_model
+    from rws_hub.archs import create_model
 
     torch.manual_seed(0)
     model = create_model("vgg16_cifar", width=0.125).eval()

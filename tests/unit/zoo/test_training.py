@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rws_hub.datasets import get_dataset
 from rws_hub.datasets.arrays import load_images
-from rws_hub.zoo.training import TrainConfig, augment_batch, lr_at, make_batch, train
+from rws_hub.zoo.training import TrainConfig, augment_batch, build_model, lr_at, make_batch, train
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
@@ -106,3 +107,29 @@ def test_robust_batches_corrupt_the_given_share(tiny_cifar: Path) -> None:
     changed = (x - clean).abs().flatten(1).amax(1) > 1e-6
     assert changed[:16].all() and not changed[16:].any()
     assert torch.equal(y, data.y[idx])
+
+
+def test_resume_a_run_saved_before_the_dataset_field(tiny_cifar: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_cifar, tmp_path)
+    train(cfg, progress=False, max_steps=2)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["dataset"]  # as written before TrainConfig named its data set
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert train(cfg, progress=False, resume=True, max_steps=1) is None
+    saved["dataset"] = "another"  # but a run of another data set is not this one
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="different configuration"):
+        train(cfg, progress=False, resume=True)
+
+
+def test_the_data_set_decides_classes_location_and_normalisation(tmp_path: Path) -> None:
+    cfg = TrainConfig()
+    spec = get_dataset(cfg.dataset)
+    assert cfg.data == spec.root and cfg.num_classes == spec.num_classes
+    tiny = TrainConfig(dataset="tinyimagenet32", width=0.125)
+    assert tiny.num_classes == 100 and tiny.data == get_dataset("tinyimagenet32").root
+    model = build_model(tiny)
+    assert model.classifier.out_features == 100
+    assert torch.allclose(
+        model.normalize.mean.flatten(), torch.tensor(get_dataset("tinyimagenet32").mean)
+    )

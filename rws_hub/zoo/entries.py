@@ -1,0 +1,67 @@
+"""The zoo's entries: which model folders the project publishes, defined in one place.
+
+An entry names its folder (``model-store/<name>/`` in a checkout, ``<repo_id>`` on the hub),
+its architecture (a :mod:`rws_hub.archs` registry name) and width, its data set (a
+:mod:`rws_hub.datasets` spec name) and its ``hubconf.py`` entrypoint. The weights enums of
+:mod:`rws_hub.zoo.weights`, the ``rws zoo build`` defaults and the command-line examples are
+derived from these definitions. Plain data: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Environment variable: a model folder that replaces the default entry's folder.
+FOLDER_ENV = "RWS_HUB_FOLDER"
+#: Where a checkout keeps the entries' folders (relative to the repository root).
+STORE_DIR = "model-store"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published model folder and how it is made."""
+
+    name: str  # folder name, e.g. "<dataset>-<architecture family>"
+    entrypoint: str  # hubconf.py function name
+    architecture: str
+    width: float
+    dataset: str
+    repo_id: str  # hub model repository
+    summary: str  # one line: what the model is
+    env: str | None = None  # environment variable that overrides the folder
+
+    @property
+    def folder(self) -> str:
+        """The folder in a checkout, relative to the repository root (``model-store/<name>``)."""
+        return f"{STORE_DIR}/{self.name}"
+
+    @property
+    def work(self) -> str:
+        """The ``rws zoo build`` work folder (relative to the working directory)."""
+        return f"runs/zoo/{self.name}"
+
+
+CIFAR10_VGG16 = ZooEntry(
+    name="cifar10-vgg16",
+    entrypoint="cifar10_vgg16",
+    architecture="vgg16_cifar",
+    width=0.5,
+    dataset="cifar10",
+    repo_id="rws-hub/cifar10-vgg16",
+    summary="VGG-16 (32x32 variant, half width) trained on CIFAR-10, with its corruption "
+    "signatures",
+    env=FOLDER_ENV,
+)
+
+#: Every entry by name, the default first.
+ENTRIES: dict[str, ZooEntry] = {e.name: e for e in (CIFAR10_VGG16,)}
+#: The embedded default: what ``rws zoo build``, ``rws serve`` and the examples use.
+DEFAULT_ENTRY: ZooEntry = CIFAR10_VGG16
+
+
+def get_entry(name: str) -> ZooEntry:
+    """An entry by folder name or entrypoint name; ``ValueError`` listing the known ones."""
+    for entry in ENTRIES.values():
+        if name in (entry.name, entry.entrypoint):
+            return entry
+    raise ValueError(f"unknown zoo entry {name!r}; known: {', '.join(ENTRIES)}")
