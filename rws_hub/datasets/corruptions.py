@@ -63,7 +63,7 @@ STANDARD_CORRUPTIONS: tuple[str, ...] = tuple(
     c for c in ALL_CORRUPTIONS if c not in EXTRA_CORRUPTIONS
 )
 
-#: Parameters for severities 1..5 (index 0 is severity 1), CIFAR-10-C values for 32×32 images.
+#: Parameters for severities 1..5 (index 0 is severity 1), the benchmark's values for 32×32 images.
 SEVERITY_PARAMS: dict[str, tuple] = {
     "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # sigma
     "shot_noise": (500, 250, 100, 75, 50),  # lambda (photons per unit intensity)
@@ -456,7 +456,7 @@ def _gaussian_blur_c(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
 
 @register_corruption("glass_blur")
 def _glass_blur(x: torch.Tensor, severity: int, gen) -> torch.Tensor:
-    # The CIFAR-10-C generator scans rows/columns max_delta+1 .. side-max_delta from the bottom
+    # The benchmark's generator scans rows/columns max_delta+1 .. side-max_delta from the bottom
     # right, draws (dy, dx) from {-max_delta, .., max_delta-1} and "swaps" two numpy views, which
     # copies the neighbour's pixel into the scanned one. The neighbour (up/left) is not yet
     # visited, so one pass equals a parallel gather from the pre-pass image: vectorised exactly.
