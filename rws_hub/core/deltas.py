@@ -49,6 +49,8 @@ class Delta(Protocol):
 
     def nbytes(self) -> int: ...
 
+    def tensors(self) -> tuple[torch.Tensor, ...]: ...
+
     def materialize(
         self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
     ) -> torch.Tensor: ...
@@ -84,6 +86,10 @@ class DenseDelta:
 
     def nbytes(self) -> int:
         return self.tensor.numel() * self.tensor.element_size()
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors this delta holds (for memory accounting)."""
+        return (self.tensor,)
 
     def materialize(
         self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None

@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rws_hub.core.deltas import Delta, DenseDelta, QuantizedDelta, patched_value, value_floor
+from rws_hub.core.deltas import (
+    Delta,
+    DenseDelta,
+    LowRankDelta,
+    QuantizedDelta,
+    patched_value,
+    value_floor,
+)
 from rws_hub.core.mix import DEFAULT_MAX_ALPHA, Mix
 from rws_hub.core.signature import Signature
 from rws_hub.detect.detector import auto_patcher_from_folder
@@ -77,6 +84,21 @@ class _Plan:
 
     bounds: tuple[tuple[int, int], ...]
     weights: tuple[tuple[tuple[torch.Tensor | None, ...] | None, ...], ...]
+    # slot -> [(low-rank delta or None, bias delta or None, rows, alpha per row)]: layers
+    # served as base + branches (resident="factors"), their groups' weights stay None
+    branches: Mapping[int, tuple[_Branch, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One signature's part in a branch-served layer: ``alpha_i · (branch(x_i) + Δb)`` added to
+    the rows ``rows`` (sorted order) of the base output."""
+
+    delta: Delta | None
+    bias: torch.Tensor | None
+    rows: torch.Tensor
+    alphas: torch.Tensor
+    every_row: bool
 
 
 class _RouteState(threading.local):
@@ -109,6 +131,9 @@ class _Routing:
         plan = self._rws_state.plan
         if plan is None:
             return super().forward(x)  # type: ignore[misc]
+        branches = plan.branches.get(self._rws_slot) if plan.branches else None
+        if branches is not None:
+            return self._branch_forward(x, branches)
         single = len(plan.bounds) == 1
         outs = []
         for (start, stop), group in zip(plan.bounds, plan.weights, strict=True):
@@ -120,6 +145,24 @@ class _Routing:
             else:
                 outs.append(self._patched_forward(rows, patched))
         return outs[0] if single else torch.cat(outs)
+
+    def _branch_forward(self, x: torch.Tensor, branches: tuple[_Branch, ...]) -> torch.Tensor:
+        """The base layer once for the whole batch, plus each signature's thin branch on the
+        rows whose mix holds it, scaled per row by its alpha (multi-adapter batching)."""
+        y = super().forward(x)  # type: ignore[misc]
+        view = (-1,) + (1,) * (y.dim() - 1)
+        for b in branches:
+            rows = x if b.every_row else x.index_select(0, b.rows)
+            extra = b.delta.branch(rows, self) if b.delta is not None else None  # type: ignore[arg-type]
+            if b.bias is not None:
+                bias = b.bias.reshape((1, -1) + (1,) * (y.dim() - 2))
+                extra = bias.expand(len(b.rows), *y.shape[1:]) if extra is None else extra + bias
+            extra = extra * b.alphas.reshape(view)
+            if b.every_row:
+                y.add_(extra)
+            else:
+                y.index_add_(0, b.rows, extra)
+        return y
 
 
 class _RoutedConv2d(_Routing, nn.Conv2d):
@@ -280,6 +323,10 @@ class Engine:
             byte) keep their integer codes and per-group scale/offset and are dequantized while
             a mix's weights are built — about a quarter of the memory, identical results (the
             same float operations as :meth:`Signature.dequantize`); other signatures stay fp32.
+            ``"factors"``: like ``"codes"``, and low-rank signatures keep their factors: a
+            Conv2d/Linear layer whose loaded deltas are all low-rank is served as the base layer
+            once for the whole batch plus, per signature, a thin branch on the rows that ask for
+            it (no patched weights are built); answers equal patching within float tolerance.
     """
 
     def __init__(
@@ -298,10 +345,10 @@ class Engine:
         name: str = "model",
         copy: bool = True,
         channels_last: bool = True,
-        resident: Literal["float", "codes"] = "float",
+        resident: Literal["float", "codes", "factors"] = "float",
     ) -> None:
-        if resident not in ("float", "codes"):
-            raise ValueError(f"resident must be 'float' or 'codes', not {resident!r}")
+        if resident not in ("float", "codes", "factors"):
+            raise ValueError(f"resident must be 'float', 'codes' or 'factors', not {resident!r}")
         self.resident = resident
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or torch.float32
@@ -352,6 +399,7 @@ class Engine:
         self._deltas: dict[str, dict[str, Delta]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._defaults: dict[str, float] = {}
+        self._branched: frozenset[str] = frozenset()
         self._cache = _WeightCache(cache_bytes)
         for n in list(sigs):
             self._check(sigs[n])
@@ -403,8 +451,18 @@ class Engine:
     def _hold(self, sig: Signature) -> dict[str, Delta]:
         """One signature's deltas as the engine keeps them (see ``resident``), on its device,
         in the standard layout."""
+        if self.resident == "factors":
+            held: dict[str, Delta] = {}
+            for t, d in sig.deltas("factors").items():
+                if isinstance(d, LowRankDelta):
+                    held[t] = LowRankDelta(sig.factors[t], self.device)  # type: ignore[index]
+                elif isinstance(d, QuantizedDelta):
+                    held[t] = QuantizedDelta(sig.codes[t], self.device)  # type: ignore[index]
+                else:
+                    held[t] = DenseDelta(d.tensor.to(self.device, torch.float32).contiguous())
+            return held
         codes = sig.codes if self.resident == "codes" else None
-        held: dict[str, Delta] = {}
+        held = {}
         for t, d in sig.tensors.items():
             q = codes.get(t) if codes else None
             if q is not None:
@@ -412,6 +470,24 @@ class Engine:
             else:
                 held[t] = DenseDelta(d.to(self.device, torch.float32).contiguous().clone())
         return held
+
+    def _branch_slots(self, deltas: Mapping[str, Mapping[str, Delta]]) -> frozenset[str]:
+        """Modules served as base + branches: Conv2d (ungrouped) and Linear layers whose weight
+        delta is low-rank in every loaded signature that touches them."""
+        if self.resident != "factors":
+            return frozenset()
+        out = set()
+        for mname in self._slots:
+            module = self._modules[mname]
+            if isinstance(module, nn.Conv2d) and module.groups != 1:
+                continue
+            if not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            held = [d.get(f"{mname}.weight") for d in deltas.values()]
+            held = [h for h in held if h is not None]
+            if held and all(isinstance(h, LowRankDelta) for h in held):
+                out.add(mname)
+        return frozenset(out)
 
     def add_signature(self, sig: Signature, *, replace: bool = False) -> None:
         """Load ``sig`` into the live engine (thread-safe; requests in flight are unaffected and
@@ -441,6 +517,10 @@ class Engine:
             replacing = sig.name in self._deltas
             self._base = base
             self._deltas = {**self._deltas, sig.name: held}
+            branched = self._branch_slots(self._deltas)
+            if branched != self._branched:
+                self._branched = branched
+                replacing = True  # cached weights may hold layers now served as branches
             self._meta = {**self._meta, sig.name: sig._meta()}
             self._defaults = {**self._defaults, sig.name: float(sig.default_alpha)}
             if replacing:
@@ -456,6 +536,7 @@ class Engine:
             self._deltas = {k: v for k, v in self._deltas.items() if k != name}
             self._meta = {k: v for k, v in self._meta.items() if k != name}
             self._defaults = {k: v for k, v in self._defaults.items() if k != name}
+            self._branched = self._branch_slots(self._deltas)
             self._cache.clear()
 
     # -- construction ---------------------------------------------------------------------
@@ -578,7 +659,7 @@ class Engine:
             t
             for held in self._deltas.values()
             for d in held.values()
-            for t in (d.tensors() if isinstance(d, QuantizedDelta) else (d.tensor,))
+            for t in d.tensors()
         ]
         out = {
             "backbone": bb,
@@ -659,13 +740,15 @@ class Engine:
         """``base + sum(alpha * delta)`` in float32 for every tensor the mix touches, by
         :func:`rws_hub.core.deltas.patched_value` -- the kernel :func:`rws_hub.patch` uses, so
         the served weights equal the patched model's bitwise."""
-        deltas, bases = self._deltas, self._base  # one consistent snapshot
+        deltas, bases, branched = self._deltas, self._base, self._branched  # one snapshot
         terms: dict[str, list[tuple[Delta, float]]] = {}
         for name, alpha in mix.items():
             held = deltas.get(name)
             if held is None:
                 raise InvalidMixError(f"signature {name!r} was unloaded; name a loaded one")
             for tname, delta in held.items():
+                if tname.rpartition(".")[0] in branched:
+                    continue  # served as a branch: no weight to build
                 terms.setdefault(tname, []).append((delta, alpha))
         return {t: patched_value(bases[t], ts, value_floor(t)) for t, ts in terms.items()}
 
@@ -769,7 +852,7 @@ class Engine:
                 else (built[k] if k in built else self._patched(k))
                 for k in keys
             )
-            plan = _Plan(tuple(bounds), weights)
+            plan = _Plan(tuple(bounds), weights, self._plan_branches(keys, bounds, n))
             perm = None if order == list(range(n)) else torch.tensor(order, device=self.device)
             if perm is not None:
                 x = x.index_select(0, perm)
@@ -785,6 +868,39 @@ class Engine:
             unsorted = torch.empty_like(out)
             unsorted[perm] = out
             out = unsorted
+        return out
+
+    def _plan_branches(
+        self, keys: list[Mix], bounds: list[tuple[int, int]], n: int
+    ) -> dict[int, tuple[_Branch, ...]] | None:
+        """For each branch-served slot: per signature in the batch, its rows (in the sorted
+        order of the groups) and their alphas."""
+        branched, deltas = self._branched, self._deltas
+        if not branched:
+            return None
+        per_sig: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for key, (start, stop) in zip(keys, bounds, strict=True):
+            for name, alpha in key.items():
+                rows, alphas = per_sig.setdefault(name, ([], []))
+                rows.append(torch.arange(start, stop, device=self.device))
+                alphas.append(torch.full((stop - start,), alpha, device=self.device))
+        segments = {
+            name: (torch.cat(r), torch.cat(a).to(self.dtype)) for name, (r, a) in per_sig.items()
+        }
+        out: dict[int, tuple[_Branch, ...]] = {}
+        for slot, mname in enumerate(self._slots):
+            if mname not in branched:
+                continue
+            parts = []
+            for name, (rows, alphas) in segments.items():
+                held = deltas.get(name, {})
+                w, b = held.get(f"{mname}.weight"), held.get(f"{mname}.bias")
+                if w is None and b is None:
+                    continue
+                bias = b.materialize(self.dtype, self.device) if b is not None else None
+                parts.append(_Branch(w, bias, rows, alphas, len(rows) == n))
+            if parts:
+                out[slot] = tuple(parts)
         return out
 
     def classify(

@@ -404,3 +404,39 @@ def test_default_alpha_bound_and_absurd_signatures(setup, tmp_path) -> None:
     with pytest.raises(SignatureMismatchError, match="sane limit"):
         Engine(model, [huge], device="cpu")
     assert Engine(model, sigs, device="cpu", max_alpha=float("inf")).describe()["max_alpha"] is None
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_low_rank_signatures_served_as_branches(setup, bits) -> None:
+    """resident="factors": layers whose deltas are all low-rank run once for the batch plus a
+    branch per signature; answers equal in-place patching with the low-rank signatures."""
+    model, sigs = setup
+    lr = {n: s.low_rank(rank=3, bits=bits) for n, s in sigs.items()}
+    eng = Engine(model, lr, device="cpu", resident="factors", allow_negative=True)
+    assert eng._branched  # the conv layers
+    x = torch.rand(16, 3, 32, 32)
+    mixes = random_mixes(16, seed=11)
+    torch.testing.assert_close(
+        eng.predict(x, mixes), reference(model, lr, x, mixes), atol=ATOL, rtol=ATOL
+    )
+    every = [{"fog": 0.5, "contrast": -0.25}] * 4
+    torch.testing.assert_close(
+        eng.predict(x[:4], every), reference(model, lr, x[:4], every), atol=ATOL, rtol=ATOL
+    )
+    assert eng.cache_info()["entries"] == 0 or eng.memory_bytes()["cache"] < 10_000
+    # a dense signature on the same layers turns the branch path off for them
+    eng.add_signature(sigs["fog"].replace(name="dense_fog"))
+    assert not eng._branched
+    mixes = [{"dense_fog": 1.0}, {"fog": 1.0}, None, {"dense_fog": 0.5, "pixelate": 1.0}]
+    want = reference(
+        model, {**lr, "dense_fog": sigs["fog"].replace(name="dense_fog")}, x[:4], mixes
+    )
+    torch.testing.assert_close(eng.predict(x[:4], mixes), want, atol=ATOL, rtol=ATOL)
+
+
+def test_factors_hold_little_memory(setup) -> None:
+    model, sigs = setup
+    lr = {n: s.low_rank(rank=2, bits=8) for n, s in sigs.items()}
+    dense = Engine(model, sigs, device="cpu").memory_bytes()["signatures"]
+    held = Engine(model, lr, device="cpu", resident="factors").memory_bytes()["signatures"]
+    assert held < dense / 4
