@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rws_hub.archs.models import CIFAR10_CLASSES
+from rws_hub.datasets import get_dataset
 from rws_hub.datasets.corruptions import corrupt
 
+CIFAR10_CLASSES = get_dataset("cifar10").classes
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10" / "test.npz"

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rws_hub.zoo.entries import DEFAULT_ENTRY
+
 UP_EPILOG = """examples:
   rws up                                   # embedded default (checkout); Ctrl-C stops both
   rws up path/to/folder --port 9080 --demo-port 7870
@@ -79,7 +81,7 @@ def _folder_arguments(p: argparse.ArgumentParser) -> None:
         nargs="?",
         type=Path,
         default=None,
-        help="model folder (default in a checkout: model-store/cifar10-vgg16, the embedded "
+        help=f"model folder (default in a checkout: {DEFAULT_ENTRY.folder}, the embedded "
         "default; an installed rws-hub needs a folder)",
     )
     p.add_argument("--model", type=Path, default=None, metavar="FOLDER", help="the same as FOLDER")

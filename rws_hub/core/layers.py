@@ -118,7 +118,7 @@ def shallow_params(
     """Tensor names (state-dict keys) of the first ``k`` convolution layers, in forward order.
 
     Each layer contributes its ``weight`` and then its ``bias`` when it has one, e.g. for the
-    CIFAR VGG-16 and ``k=2``: ``["features.0.weight", "features.0.bias", "features.2.weight",
+    small-image VGG-16 and ``k=2``: ``["features.0.weight", "features.0.bias", "features.2.weight",
     "features.2.bias"]``. ``k=None`` selects every conv layer.
 
     The rule:

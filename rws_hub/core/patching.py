@@ -89,7 +89,7 @@ def resolve_mix(
 
 def _same(field: str, have: str, want: str) -> bool:
     if field == "architecture":
-        # a signature may record a more specific id ("vgg16_cifar@w0.5"); the family must agree
+        # a signature may record a more specific id ("resnet18@w0.5"); the family must agree
         return have == want or have.split("@", 1)[0] == want.split("@", 1)[0]
     return have == want
 

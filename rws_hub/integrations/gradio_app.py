@@ -3,7 +3,7 @@
 A Gradio page over one of two backends that answer the same questions:
 
 * :class:`LocalBackend`: the serving engine (:class:`rws_hub.inference.engine.Engine`) in this process, on
-  a model folder (default in a checkout: the embedded ``model-store/cifar10-vgg16``);
+  a model folder (default in a checkout: the embedded default entry's folder);
 * :class:`RestBackend`: a running ``rws serve`` (TorchServe), over its REST API, so the page
   shows the whole stack at work.
 
@@ -706,7 +706,7 @@ def build_app(backend: Backend) -> gr.Blocks:
                         run_on_click=True,
                         cache_examples=False,
                         examples_per_page=12,
-                        label="Examples: CIFAR-10 test images, some corrupted",
+                        label="Examples: test images of the model's data set, some corrupted",
                         elem_id="rws-examples",
                     )
             with gr.Column(scale=3, min_width=220):

@@ -1,7 +1,7 @@
 """Toy model folders: tiny, random, made in a second, for smoke runs, soaks and tests.
 
 :func:`make_toy_folder` writes a complete model folder (the format of
-:func:`rws_hub.io.folder.save_model_folder`) with random weights: CIFAR VGG-16 at width 0.125
+:func:`rws_hub.io.folder.save_model_folder`) with random weights: the small-image VGG-16 at width 0.125
 and random signatures on its first conv layers. :func:`add_toy_detector` gives it an untrained
 corruption detector so that ``"auto"`` is served. The answers are meaningless; they are
 deterministic (fixed seeds), so a served answer can be compared with an in-process one.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core.signature import Signature
 from rws_hub.detect.detector import CorruptionDetector, detector_classes
 from rws_hub.io.folder import ModelFolder, add_detector, save_model_folder
@@ -33,7 +33,7 @@ def make_toy_folder(
     layers: int = 3,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny model folder at ``path`` and return it: VGG-16 (CIFAR) at ``width`` with
+    """Write a tiny model folder at ``path`` and return it: the small-image VGG-16 at ``width`` with
     random weights (seed ``seed``) and one random signature per name on the first ``layers``
     conv layers, default alphas 0.5, 0.75, 1.0, ... in order."""
     torch.manual_seed(seed)

@@ -17,7 +17,6 @@ from rws_hub.archs import (
     register_model,
     unregister_model,
 )
-from rws_hub.archs import models as deprecated
 from rws_hub.archs.vgg import VGGCifar
 from rws_hub.core.extraction import extract
 from rws_hub.core.patching import patch
@@ -115,10 +114,3 @@ def test_state_dict_layout_unchanged() -> None:
     assert len(keys) == 2 + 26 + 2
     bn = list(create_model("vgg16_bn_cifar", width=0.125).state_dict())
     assert "features.1.running_mean" in bn
-
-
-def test_deprecated_module_matches_the_spec() -> None:
-    spec = get_dataset("cifar10")
-    assert spec.classes == deprecated.CIFAR10_CLASSES
-    assert spec.mean == deprecated.CIFAR10_MEAN and spec.std == deprecated.CIFAR10_STD
-    assert deprecated.create_model is create_model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rws_hub import Signature, SignatureMismatchError, extract, fingerprint, project, shallow_params
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.io.files import save_state_dict
 
 

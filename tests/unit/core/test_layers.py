@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from rws_hub import conv_layers, shallow_params
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.io.files import save_state_dict
 
 

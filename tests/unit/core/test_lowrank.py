@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rws_hub
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core.deltas import LowRankDelta, patched_value
 from rws_hub.core.lowrank import LowRank, factorize, rank_for_energy
 from rws_hub.errors import ArtifactError

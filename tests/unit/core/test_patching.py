@@ -22,7 +22,7 @@ from rws_hub import (
     remove,
     shallow_params,
 )
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 
 
 def random_signature(model: nn.Module, name: str, k: int, seed: int, **meta) -> Signature:

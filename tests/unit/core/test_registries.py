@@ -7,7 +7,7 @@ import torch
 import toy_scheme  # noqa: F401  (registers "toysign")
 
 import rws_hub
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core import formats
 from rws_hub.core.quantization import (
     LinearScheme,

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import rws_hub
-from rws_hub.archs.models import create_model
+from rws_hub.archs import create_model
 from rws_hub.core.layers import Unit, shallow_units, unit_params
 
 

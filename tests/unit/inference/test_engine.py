@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from rws_hub.archs.models import CIFAR10_CLASSES, create_model
+from rws_hub.archs import create_model
 from rws_hub.core.mix import Mix
 from rws_hub.core.patching import patch
 from rws_hub.core.signature import Signature
+from rws_hub.datasets import get_dataset
 from rws_hub.errors import InvalidMixError, RequestError, SignatureMismatchError
 from rws_hub.inference.engine import Engine
 
@@ -54,7 +55,7 @@ def setup() -> tuple[torch.nn.Module, dict[str, Signature]]:
 @pytest.fixture(scope="module")
 def engine(setup) -> Engine:
     model, sigs = setup
-    return Engine(model, sigs, classes=CIFAR10_CLASSES, device="cpu")
+    return Engine(model, sigs, classes=get_dataset("cifar10").classes, device="cpu")
 
 
 def reference(model, sigs, images, mixes) -> torch.Tensor:
@@ -194,9 +195,9 @@ def test_classify(engine):
     assert answers[2]["mix"] == {"contrast": 1.0}  # default alpha of "contrast"
     probs = [p["probability"] for p in answers[1]["predictions"]]
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
-    assert {p["class"] for p in answers[1]["predictions"]} == set(CIFAR10_CLASSES)
+    assert {p["class"] for p in answers[1]["predictions"]} == set(get_dataset("cifar10").classes)
     logits = engine.predict(x, [{"fog": 1.0}, None, "contrast"])
-    assert answers[0]["predictions"][0]["class"] == CIFAR10_CLASSES[int(logits[0].argmax())]
+    assert answers[0]["predictions"][0]["class"] == get_dataset("cifar10").classes[int(logits[0].argmax())]
 
 
 def test_cache_is_bounded_and_reused(setup):
@@ -237,7 +238,7 @@ def test_signature_mismatch(setup):
 def test_describe(engine):
     info = engine.describe()
     assert [s["name"] for s in info["signatures"]] == list(NAMES)
-    assert info["classes"] == list(CIFAR10_CLASSES)
+    assert info["classes"] == list(get_dataset("cifar10").classes)
     fog = info["signatures"][1]
     assert fog["default_alpha"] == 0.75 and fog["layers"] == 3
     assert info["patched_layers"] == ["features.0", "features.2", "features.5"]
