@@ -114,9 +114,12 @@ CORRUPTIONS: dict[str, CorruptionFn] = {}
 
 
 def register_corruption(name: str) -> Callable[[CorruptionFn], CorruptionFn]:
-    """Decorator adding ``fn(images, severity, generator) -> images`` to :data:`CORRUPTIONS`."""
+    """Decorator adding ``fn(images, severity, generator) -> images`` to :data:`CORRUPTIONS`;
+    a name registered twice raises ``ValueError``."""
 
     def deco(fn: CorruptionFn) -> CorruptionFn:
+        if name in CORRUPTIONS:
+            raise ValueError(f"corruption {name!r} is already registered")
         CORRUPTIONS[name] = fn
         return fn
 
