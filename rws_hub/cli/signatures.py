@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rws_hub.core.quantization import list_schemes
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _QUANT = {
     "none": None,
@@ -102,7 +104,13 @@ def _quantize_cmd(args: argparse.Namespace) -> int:
 
     sig = Signature.load(args.input)
     before = sig.nbytes
-    out = sig.quantize(bits=args.bits, scheme=args.scheme, granularity=args.granularity)
+    if args.rank is not None or args.energy is not None:
+        bits = None if args.bits == 32 else args.bits
+        out = sig.low_rank(rank=args.rank, energy=args.energy, bits=bits, scheme=args.scheme)
+    elif args.bits == 32:
+        out = sig.dequantize()
+    else:
+        out = sig.quantize(bits=args.bits, scheme=args.scheme, granularity=args.granularity)
     err = max(
         (
             float((out.tensors[n] - sig.tensors[n]).abs().max())
@@ -125,14 +133,17 @@ def _tensor_rows(head: dict[str, Any]) -> list[dict[str, Any]]:
     stored = head["stored"]
     rows = []
     for name, entry in head["metadata"]["tensors"].items():
-        nbytes = sum(
-            stored[k]["nbytes"] for k in (name, f"{name}::scale", f"{name}::offset") if k in stored
-        )
+        keys = [name] + [f"{name}::{p}" for p in ("U", "V")]
+        keys = [k + s for k in keys for s in ("", "::scale", "::offset")]
+        nbytes = sum(stored[k]["nbytes"] for k in keys if k in stored)
+        storage = entry.get("storage", "?")
+        if storage == "lowrank":
+            storage = f"r{entry.get('rank')} {entry.get('factors')}"
         rows.append(
             {
                 "name": name,
                 "shape": list(entry.get("shape", [])),
-                "stored": entry.get("storage", "?"),
+                "stored": storage,
                 "granularity": entry.get("granularity", ""),
                 "bytes": nbytes,
             }
@@ -140,10 +151,57 @@ def _tensor_rows(head: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _coverage(args: argparse.Namespace) -> int:
+    """``rws info MODEL --layers K``: which tensors the first K units cover, and their share."""
+    from rws_hub.core.layers import shallow_units
+    from rws_hub.io.files import load_state_dict
+
+    path = Path(args.file)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    sd = load_state_dict(weights)
+    units = shallow_units(sd, None)
+    k = args.layers if args.layers is not None else len(units)
+    if not 1 <= k <= len(units):
+        raise ValueError(f"--layers must be 1..{len(units)} for this model, got {k}")
+    params = {n: t for n, t in sd.items() if t.is_floating_point()}
+    total = sum(t.numel() for t in params.values())
+    rows = []
+    for i, u in enumerate(units[:k], 1):
+        names = u.tensors(sd, args.bn)
+        n = sum(sd[x].numel() for x in names)
+        rows.append({"unit": i, "conv": u.conv, "norm": u.norm, "tensors": names, "values": n})
+    covered = sum(r["values"] for r in rows)
+    out = {
+        "model": str(weights),
+        "units_total": len(units),
+        "layers": k,
+        "bn": args.bn,
+        "units": rows,
+        "values": covered,
+        "share_of_parameters": covered / total if total else 0.0,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"model {weights}: {len(units)} units (a conv and the batch norm it feeds, if any)")
+    for r in rows:
+        norm = f" + {r['norm']}" if r["norm"] else ""
+        print(
+            f"  {r['unit']:>3}. {r['conv']}{norm}: {r['values']:,} values ({len(r['tensors'])} tensors)"
+        )
+    print(
+        f"the first {k} units (bn={args.bn}) cover {covered:,} of {total:,} values "
+        f"({100 * out['share_of_parameters']:.1f}% of the parameters and statistics)"
+    )
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from rws_hub.core.signature import format_bytes
     from rws_hub.io.files import read_header, read_raw_header
 
+    if args.layers is not None or Path(args.file).is_dir():
+        return _coverage(args)
     head = read_header(args.file)
     meta = head["metadata"]
     rows = _tensor_rows(head)
@@ -192,11 +250,11 @@ def _info(args: argparse.Namespace) -> int:
         "",
     ]
     width = max([len("tensor")] + [len(r["name"]) for r in rows])
-    lines.append(f"{'tensor':<{width}}  {'shape':<16} {'stored':<8} {'bytes':>12}")
+    lines.append(f"{'tensor':<{width}}  {'shape':<16} {'stored':<12} {'bytes':>12}")
     for r in rows:
         shape = "x".join(str(d) for d in r["shape"]) or "scalar"
         stored = r["stored"] + ("/ch" if r["granularity"] == "channel" else "")
-        lines.append(f"{r['name']:<{width}}  {shape:<16} {stored:<8} {r['bytes']:>12,}")
+        lines.append(f"{r['name']:<{width}}  {shape:<16} {stored:<12} {r['bytes']:>12,}")
     lines.append("")
     lines.append(
         f"total: {len(rows)} tensors, {numel:,} values, payload {payload:,} bytes "
@@ -306,9 +364,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="signature .safetensors")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument(
-        "--bits", type=int, choices=[8, 4], default=8, help="8 (int8) or 4 (packed int4); default 8"
+        "--bits",
+        type=int,
+        choices=[8, 4, 32],
+        default=8,
+        help="8 (int8), 4 (packed int4) or 32 (fp32: dequantize, or fp32 factors); default 8",
     )
-    p.add_argument("--scheme", choices=["linear", "log"], default="linear", help="default linear")
+    p.add_argument(
+        "--scheme",
+        choices=list_schemes(),
+        default="linear",
+        help="a registered quantization scheme; default linear",
+    )
+    low = p.add_mutually_exclusive_group()
+    low.add_argument(
+        "--rank", type=int, help="low-rank: truncate each conv delta to this rank (SVD)"
+    )
+    low.add_argument(
+        "--energy",
+        type=float,
+        help="low-rank: per tensor, the smallest rank keeping this share of the squared "
+        "singular values (e.g. 0.9)",
+    )
     p.add_argument(
         "--granularity", choices=["tensor", "channel"], default="tensor", help="default tensor"
     )
@@ -321,9 +398,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=INFO_EPILOG,
         formatter_class=fmt,
     )
-    p.add_argument("file", help="signature .safetensors")
+    p.add_argument(
+        "file",
+        help="signature .safetensors, or a model (folder or state-dict .safetensors) to show "
+        "which tensors the first K units cover",
+    )
     p.add_argument(
         "--model", metavar="FULL_MODEL", help="full-model .safetensors to compare sizes with"
+    )
+    p.add_argument(
+        "--layers", type=int, metavar="K", help="for a model: the first K units (default all)"
+    )
+    p.add_argument(
+        "--bn",
+        choices=["stats", "affine", "none"],
+        default="stats",
+        help="for a model: what a unit's batch norm contributes (default stats)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_info)

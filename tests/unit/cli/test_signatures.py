@@ -150,3 +150,31 @@ def test_help_has_examples(verb: str, capsys) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and f"rws {verb} " in text
+
+
+def test_quantize_low_rank_and_info(files, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "s.safetensors"
+    code, _, _ = run(
+        capsys, "extract", "--pretrained", files["pre"], "--clean", files["clean"],
+        "--robust", files["robust"], "--name", "fog", "--layers", 3, "-o", src,
+    )  # fmt: skip
+    assert code == 0
+    out = tmp_path / "lr.safetensors"
+    code, text, _ = run(capsys, "quantize", src, "--rank", 2, "--bits", 4, "-o", out)
+    assert code == 0 and "smaller" in text
+    lr = Signature.load(out)
+    assert lr.is_low_rank and all(f.rank <= 2 for f in lr.factors.values())
+    code, text, _ = run(capsys, "info", out)
+    assert code == 0 and "r2 int4" in text
+    code, _, _ = run(capsys, "quantize", src, "--energy", 0.9, "--bits", 32, "-o", out)
+    assert code == 0 and not Signature.load(out).is_quantized
+
+
+def test_info_on_a_model_shows_unit_coverage(files, capsys) -> None:
+    code, text, _ = run(capsys, "info", files["clean"], "--layers", 2)
+    assert code == 0 and "first 2 units" in text and "% of the parameters" in text
+    code, text, _ = run(capsys, "info", files["clean"], "--layers", 2, "--json")
+    data = json.loads(text)
+    assert data["layers"] == 2 and len(data["units"]) == 2 and 0 < data["share_of_parameters"] < 1
+    code, _, err = run(capsys, "info", files["clean"], "--layers", 99)
+    assert code == 2 and "--layers" in err
