@@ -1,11 +1,12 @@
 """Architectures: a registry of model builders (:mod:`.registry`) and the builders themselves.
 
-Importing this package registers the built-in builders (:mod:`.vgg`), so :func:`create_model`
+Importing this package registers the built-in builders (:mod:`.vgg`, :mod:`.resnet`) and
+the ``torchvision.<name>`` family (:mod:`.torchvision_models`), so :func:`create_model`
 knows them wherever it is imported from. A new architecture is one module that decorates its
 builder with :func:`register_model` (see ``docs/architecture.md``).
 """
 
-from rws_hub.archs import vgg
+from rws_hub.archs import resnet, torchvision_models, vgg
 from rws_hub.archs.normalize import Normalize
 from rws_hub.archs.registry import (
     ModelEntry,
@@ -14,6 +15,7 @@ from rws_hub.archs.registry import (
     list_models,
     model_from_config,
     model_kwargs,
+    register_family,
     register_model,
     unregister_model,
 )
@@ -26,7 +28,10 @@ __all__ = [
     "list_models",
     "model_from_config",
     "model_kwargs",
+    "register_family",
     "register_model",
     "unregister_model",
+    "resnet",
+    "torchvision_models",
     "vgg",
 ]

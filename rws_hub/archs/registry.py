@@ -57,6 +57,18 @@ def register_model(name: str | None = None) -> Callable[[Builder], Builder]:
     return deco
 
 
+_FAMILIES: dict[str, Callable[[str], Builder | None]] = {}
+
+
+def register_family(prefix: str, resolve: Callable[[str], Builder | None]) -> None:
+    """Register a family of architectures named ``<prefix><name>`` whose builders are found on
+    demand by ``resolve(name)`` (None for an unknown name), e.g. every torchvision
+    classification model as ``torchvision.<name>``. A prefix registered twice is refused."""
+    if prefix in _FAMILIES:
+        raise ValueError(f"architecture family {prefix!r} is already registered")
+    _FAMILIES[prefix] = resolve
+
+
 def unregister_model(name: str) -> None:
     """Remove a registered architecture (for tests and plugins that replace their own)."""
     _MODELS.pop(name, None)
@@ -69,12 +81,16 @@ def list_models() -> list[str]:
 
 def get_model_builder(name: str) -> Builder:
     """The builder registered under ``name``; ``ValueError`` listing the known names."""
-    try:
-        return _MODELS[name].builder
-    except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r}; known: {', '.join(list_models())}"
-        ) from None
+    entry = _MODELS.get(name)
+    if entry is not None:
+        return entry.builder
+    for prefix, resolve in _FAMILIES.items():
+        if name.startswith(prefix):
+            builder = resolve(name[len(prefix) :])
+            if builder is not None:
+                return builder
+    families = "".join(f", {p}<name>" for p in _FAMILIES)
+    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(list_models())}{families}")
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
