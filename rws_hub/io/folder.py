@@ -84,6 +84,11 @@ MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
 SIGNATURE_DIR = "signatures"
 SIGNATURE_SUFFIX = ".safetensors"
+SIGNATURE_SETS = "signature_sets"
+"""``config.json`` key: published signature sets this folder uses by lineage instead of copies,
+``[{"folder": "../cifar10-vgg16", "lineage": "sha256:...", "prefix": "cifar10."}]``; each
+referenced folder is verified with its own manifest, and its signatures must share this
+backbone's lineage and fit its tensors (docs/format.md)."""
 
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -235,6 +240,9 @@ class ModelFolder:
         folder = cls(path=root, config=config, model=model, manifest=manifest, device=str(device))
         for name in folder._requested(signatures):
             folder._load_signature(name)
+        if signatures is not None:
+            for ref in config.get(SIGNATURE_SETS, []):
+                folder._load_signature_set(ref, verify=verify, wanted=signatures)
         model.rws_signatures = folder.signatures
         model.rws_lineage = config.get("lineage")
         model.rws_architecture = config["architecture"]
@@ -266,13 +274,17 @@ class ModelFolder:
         if signatures == "all":
             return available
         wanted = [signatures] if isinstance(signatures, str) else list(signatures)
-        unknown = [n for n in wanted if n not in available]
+        prefixes = [
+            str(r.get("prefix")) for r in self.config.get(SIGNATURE_SETS, []) if isinstance(r, dict)
+        ]
+        referenced = [n for n in wanted if any(p and n.startswith(p) for p in prefixes)]
+        unknown = [n for n in wanted if n not in available and n not in referenced]
         if unknown:
             raise ArtifactError(
                 f"{signature_file(unknown[0])}: no such signature in {self.path}; "
                 f"available: {', '.join(available) or 'none'}"
             )
-        return wanted
+        return [n for n in wanted if n not in referenced]
 
     def _load_signature(self, name: str) -> None:
         """Load one signature into :attr:`signatures`, or record why it was refused."""
@@ -283,6 +295,53 @@ class ModelFolder:
             msg = str(exc)
             prefix = f"{rel}: "
             self.refused[rel] = msg[len(prefix) :] if msg.startswith(prefix) else msg
+
+    def _load_signature_set(self, ref: Any, *, verify: bool, wanted: str | Iterable[str]) -> None:
+        """Load the signatures of a published set this folder references by lineage (see
+        :data:`SIGNATURE_SETS`); each loads under ``prefix + name`` or is refused with why."""
+        label = f"{SIGNATURE_SETS}[{ref.get('folder') if isinstance(ref, dict) else ref!r}]"
+        try:
+            if not isinstance(ref, dict) or not isinstance(ref.get("folder"), str):
+                raise ArtifactError(
+                    "a signature set is {'folder': PATH, 'lineage': ..., 'prefix': ...}"
+                )
+            if self.path is None:
+                raise ArtifactError("a folder without a path cannot reference others")
+            other = (self.path / ref["folder"]).resolve()
+            if not other.is_dir():
+                raise ArtifactError(f"{ref['folder']}: no such folder next to {self.path}")
+            other_config = _read_config(other)
+            mine, theirs = self.config.get("lineage"), other_config.get("lineage")
+            claimed = ref.get("lineage")
+            if claimed and theirs != claimed:
+                raise SignatureMismatchError(
+                    f"{ref['folder']} has lineage {theirs}, the reference says {claimed}"
+                )
+            if mine and theirs and mine != theirs:
+                raise SignatureMismatchError(
+                    f"{ref['folder']} is of lineage {theirs}, this backbone of lineage {mine}: "
+                    "its signatures do not apply here"
+                )
+            manifest = read_manifest(other) if verify else None
+            names = list(other_config.get("signatures", []))
+        except (RWSError, OSError, ValueError) as exc:
+            self.refused[label] = str(exc)
+            return
+        prefix = str(ref.get("prefix", ""))
+        for name in names:
+            full = prefix + name
+            if wanted != "all" and full not in ([wanted] if isinstance(wanted, str) else wanted):
+                continue
+            rel = f"{ref['folder']}/{signature_file(name)}"
+            try:
+                sig = read_signature_file(
+                    other / signature_file(name), name, manifest, device=self.device
+                )
+                check_signature(sig, self.config, self.model, rel=rel)
+            except (RWSError, OSError, SafetensorError, ValueError, KeyError) as exc:
+                self.refused[rel] = str(exc)
+                continue
+            self.signatures[full] = sig if full == name else sig.replace(name=full)
 
     def load_signature(self, name: str) -> Signature:
         """Read, verify and check signature ``name`` from this folder (raises on any problem).

@@ -236,3 +236,43 @@ def test_odd_names_and_manifest_paths(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="manifest.json: malformed .*inside the folder"):
         ModelFolder.load(folder)
+
+
+def test_signature_sets_referenced_by_lineage(tmp_path: Path) -> None:
+    """A folder of another data set (new head, same θ_pre) uses a published set by lineage:
+    verified with the set's own manifest, loaded under a prefix; another lineage is refused
+    naming both fingerprints."""
+    from rws_hub.archs import create_model
+    from rws_hub.io.folder import SIGNATURE_SETS
+
+    published = make_tiny_folder(tmp_path / "published")
+    pre, clean, _ = tiny_parts()
+    other = create_model("vgg16_cifar", width=0.125, num_classes=4).eval()
+    sd = {k: v for k, v in clean.state_dict().items() if not k.startswith("classifier")}
+    other.load_state_dict(sd, strict=False)
+    lineage = json.loads((published / "config.json").read_text())["lineage"]
+    ref = {"folder": "../published", "lineage": lineage, "prefix": "c10."}
+    root = save_model_folder(
+        tmp_path / "transfer",
+        model=other,
+        config={"architecture": "vgg16_cifar", "width": 0.125, "classes": list("abcd"),
+                "lineage": lineage, SIGNATURE_SETS: [ref]},
+    )  # fmt: skip
+    loaded = ModelFolder.load(root)
+    assert sorted(loaded.signatures) == sorted(f"c10.{n}" for n in NAMES)
+    assert loaded.signatures["c10.fog"].name == "c10.fog" and not loaded.refused
+    assert sorted(ModelFolder.load(root, signatures=["c10.fog"]).signatures) == ["c10.fog"]
+    # tampering with the published set is caught by its own manifest
+    flip_byte(published / "signatures" / "fog.safetensors")
+    assert "c10.fog" not in ModelFolder.load(root).signatures
+    # another lineage: refused with both fingerprints
+    cfg = json.loads((root / "config.json").read_text())
+    stranger = save_model_folder(
+        tmp_path / "stranger",
+        model=other,
+        config={**{k: v for k, v in cfg.items() if k in ("architecture", "width", "classes")},
+                "lineage": "sha256:0000000000000000", SIGNATURE_SETS: [dict(ref, lineage=None)]},
+    )  # fmt: skip
+    refused = ModelFolder.load(stranger).refused
+    (reason,) = refused.values()
+    assert lineage in reason and "sha256:0000000000000000" in reason
