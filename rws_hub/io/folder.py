@@ -677,8 +677,55 @@ def write_manifest(path: str | Path) -> Path:
     }
     data = {"format_version": FORMAT_VERSION, "algorithm": "sha256", "files": files}
     out = root / MANIFEST_FILE
-    out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _write_text_atomic(out, json.dumps(data, indent=2) + "\n")
     return out
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place, so a reader
+    (a live server) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+def publish_signature(path: str | Path, sig: Signature) -> Path:
+    """Add (or replace) a signature in an existing model folder, in an order a running server
+    can follow: the signature file, then ``config.json`` (its name listed), then the manifest,
+    each written atomically. The folder must verify first, and the signature must match the
+    folder's lineage and architecture. Returns the signature file's path."""
+    root = Path(path)
+    problems = verify_folder(root)
+    if problems:
+        raise ArtifactError(f"{root}: does not verify ({problems}); not publishing")
+    config = _read_config(root)
+    rel = signature_file(sig.name)
+    check_signature(sig, config, rel=rel)
+    target = root / rel
+    target.parent.mkdir(exist_ok=True)
+    sig.save(target)
+    target.chmod(0o644)
+    names = list(config.get("signatures", []))
+    if sig.name not in names:
+        config["signatures"] = names + [sig.name]
+        _write_text_atomic(root / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    write_manifest(root)
+    return target
+
+
+def unpublish_signature(path: str | Path, name: str) -> None:
+    """Take signature ``name`` out of a model folder (config, manifest, then the file)."""
+    root = Path(path)
+    config = _read_config(root)
+    names = list(config.get("signatures", []))
+    target = root / signature_file(name)
+    if name not in names and not target.exists():
+        raise ArtifactError(f"{signature_file(name)}: no such signature in {root}")
+    config["signatures"] = [n for n in names if n != name]
+    _write_text_atomic(root / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    target.unlink(missing_ok=True)
+    write_manifest(root)
 
 
 def add_detector(
@@ -702,7 +749,7 @@ def add_detector(
     generated = card.is_file() and card.read_text(encoding="utf-8") == model_card(config)
     config["detector"] = dict(detector_config)
     save_file(_state_dict(state), str(root / DETECTOR_FILE), metadata={"format": "pt"})
-    (root / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    _write_text_atomic(root / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     written = [DETECTOR_FILE, CONFIG_FILE]
     if generated:  # a card generated from config.json follows it; a hand-written one stays
         card.write_text(model_card(config), encoding="utf-8")
