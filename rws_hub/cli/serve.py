@@ -77,6 +77,20 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-auth", action="store_true", help="turn token authorization off")
     p.add_argument(
+        "--key-expiry-min",
+        type=float,
+        default=None,
+        help="minutes the inference/management keys live (TorchServe's token_expiration_min; "
+        "default: as long as the server runs, i.e. 100 years). With a shorter life, "
+        "--foreground renews each key before it expires (key_file.json is rewritten)",
+    )
+    p.add_argument(
+        "--renew-keys",
+        action="store_true",
+        help="issue new inference and management keys for the server of --run-dir now "
+        "(rewrites key_file.json; the old keys stop working)",
+    )
+    p.add_argument(
         "--foreground", action="store_true", help="stay attached; Ctrl-C stops the server"
     )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for READY")
@@ -93,6 +107,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"rws serve: no server running from {args.run_dir}")
         return 0
+    if args.renew_keys:
+        server = serving.Server.attach(args.run_dir)
+        if server is None or not server.alive():
+            print(f"rws serve: no server running from {args.run_dir}")
+            return 1
+        try:
+            server.renew_keys()
+        except serving.ServeError as exc:
+            print(f"rws serve: error: {exc}")
+            return 1
+        print(f"rws serve: new inference and management keys in {server.key_file}")
+        return 0
 
     folder = serving.resolve_folder(args.folder, "rws serve")
     settings: dict[str, Any] = {
@@ -104,23 +130,31 @@ def run(args: argparse.Namespace) -> int:
         settings["max_alpha"] = args.max_alpha
     if args.threads:
         settings["threads"] = args.threads
-    opts = serving.ServeOptions(
-        folder=folder,
-        run_dir=args.run_dir,
-        model_name=args.name,
-        host=args.host,
-        port=args.port,
-        management_port=args.management_port,
-        metrics_port=args.metrics_port,
-        grpc_port=args.grpc_port,
-        batch_size=args.batch_size,
-        max_batch_delay=args.max_batch_delay,
-        workers=args.workers,
-        auth=not args.no_auth,
-        envelope="kservev2" if args.kservev2 else None,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        settings=settings,
-    )
+    extra: dict[str, Any] = {}
+    if args.key_expiry_min is not None:
+        extra["key_expiry_min"] = args.key_expiry_min
+    try:
+        opts = serving.ServeOptions(
+            folder=folder,
+            run_dir=args.run_dir,
+            model_name=args.name,
+            host=args.host,
+            port=args.port,
+            management_port=args.management_port,
+            metrics_port=args.metrics_port,
+            grpc_port=args.grpc_port,
+            batch_size=args.batch_size,
+            max_batch_delay=args.max_batch_delay,
+            workers=args.workers,
+            auth=not args.no_auth,
+            envelope="kservev2" if args.kservev2 else None,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            settings=settings,
+            **extra,
+        )
+    except serving.ServeError as exc:
+        print(f"rws serve: error: {exc}")
+        return 1
     print(f"rws serve: starting TorchServe for {folder} in {args.run_dir} ...", flush=True)
     t0 = time.monotonic()
     try:
@@ -138,11 +172,14 @@ def run(args: argparse.Namespace) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
+    keeper = serving.KeyKeeper(server).start() if opts.auth else None
     try:
         while not stop and server.alive():
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    if keeper is not None:
+        keeper.stop()
     server.stop()
     print("rws serve: stopped")
     return 0
@@ -169,6 +206,8 @@ def _banner(server: Any, seconds: float) -> str:
             f"    KEY=$(python -c \"import json; print(json.load(open('{server.key_file}'))"
             "['inference']['key'])\")",
             "    (the management API takes the 'management' key: MKEY=...['management']['key'])",
+            f"    keys expire after {_life(opts.key_expiry_min)}; new ones: rws serve "
+            f"--renew-keys --run-dir {opts.run_dir}",
         ]
     else:
         lines.append("  token auth: OFF (--no-auth)")
@@ -183,3 +222,9 @@ def _banner(server: Any, seconds: float) -> str:
         f"  stop: rws serve --stop --run-dir {opts.run_dir}",
     ]
     return "\n".join(lines)
+
+
+def _life(minutes: float) -> str:
+    if minutes >= 365 * 24 * 60:
+        return f"{minutes / (365 * 24 * 60):.0f} years (as long as the server runs)"
+    return f"{minutes:g} minutes"

@@ -6,8 +6,12 @@ module ``torchserve_handler`` and takes its one class defined here, :class:`RWSH
 This is the only module of ``rws_hub`` that imports TorchServe (``ts``).
 
 Per batch: every row is parsed with :mod:`rws_hub.inference.parsing` (a bad row gets its own 4xx status
-and a JSON error body; the other rows are still answered), then ONE ``engine.classify`` call runs
-the valid rows, each with its own mix. Answers are JSON::
+and a JSON error body; the other rows are still answered), then ONE ``engine.classify_rows`` call
+runs the valid rows, each with its own mix; an error that belongs to one row there (an invalid or
+overflowing mix, NaN/inf pixels, a non-finite output) answers that row alone with its status.
+Every answer is checked against TorchServe's ``max_response_size`` (an answer over it would make
+the frontend drop the worker and fail the whole batch): such a row gets 422 instead. The handler
+always returns exactly one answer per row. Answers are JSON::
 
     {"predictions": [{"class": "cat", "probability": 0.91}, ...],
      "mix": {"fog": 0.5}, "model": "cifar10-vgg16", "batch_size": 8}
@@ -19,6 +23,10 @@ Raw image bodies (``Content-Type: image/png``, ...) take the mix from the query 
 parameters only there) or, on ``/predictions/<name>``, from the headers ``X-RWS-Signatures`` and
 ``X-RWS-Top-K``.
 ``GET /models/<name>?customized=true`` answers :meth:`Engine.describe` (signatures and metadata).
+Describe is a management-API call only: the frontend sends it as a batch of one body-less row with
+the header ``describe: True`` and without the ``explain`` header that it adds to every REST
+inference request (see :func:`is_describe_call`); a client header ``describe`` on an inference
+request never switches the handler into describe mode.
 With ``service_envelope=kservev2`` the rows are KServe v2 inputs (see ``docs/deploy.md``).
 
 Settings (``rws:`` section of the archive's ``model-config.yaml``, overridden by environment
@@ -27,7 +35,9 @@ variables): ``folder`` / ``RWS_MODEL_FOLDER`` (default: ``model-folder`` inside 
 ``allow_negative`` / ``RWS_ALLOW_NEGATIVE``, ``cache_mb`` / ``RWS_CACHE_MB``,
 ``max_body_bytes`` / ``RWS_MAX_BODY_BYTES``, ``max_pixels`` / ``RWS_MAX_PIXELS``,
 ``threads`` / ``RWS_THREADS`` (torch CPU threads), ``resident`` / ``RWS_RESIDENT`` (``float`` or
-``codes``: keep int8/int4 signature codes resident, about a quarter of the delta memory).
+``codes``: keep int8/int4 signature codes resident, about a quarter of the delta memory),
+``max_response_bytes`` / ``RWS_MAX_RESPONSE_BYTES`` (TorchServe's ``max_response_size``; ``rws
+serve`` writes the value it configured, default TorchServe's 6553500).
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ _archive_package_first()
 import torch  # noqa: E402
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
-from rws_hub.errors import RequestError  # noqa: E402
+from rws_hub.errors import MAX_MESSAGE, RequestError  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
 from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser  # noqa: E402
 from rws_hub.launch.locations import package_dir  # noqa: E402
@@ -67,6 +77,13 @@ logger = logging.getLogger(__name__)
 _BODY_KEYS = ("body", "data")
 _KSERVE_KEYS = ("name", "datatype", "data")
 _PARAM_HEADERS = {"signatures": "X-RWS-Signatures", "top_k": "X-RWS-Top-K"}
+
+TS_MAX_RESPONSE_SIZE = 6553500
+"""TorchServe's default ``max_response_size`` (bytes): the frontend drops the worker, failing the
+whole batch, when one answer of the worker is longer."""
+
+_RESPONSE_MARGIN = 1024
+"""Bytes kept free under the response limit (the frontend frames each field on its own)."""
 
 
 def _setting(config: dict[str, Any], key: str, cast: Any, default: Any = None) -> Any:
@@ -93,6 +110,35 @@ def _header(context: Any, idx: int, name: str) -> str | None:
         if isinstance(key, str) and key.lower() == name.lower() and isinstance(value, str):
             return value
     return None
+
+
+def is_describe_call(context: Any, data: Any) -> bool:
+    """Whether this call is the management API's describe (``GET /models/<name>?customized=true``).
+
+    TorchServe's base handler only looks for the header ``describe: True`` on row 0, but client
+    headers of an inference request reach the worker too. The frontend sends a describe call as
+    a batch of exactly ONE row without any input (no body, no form field, no query parameter)
+    and with ``describe: True``; every REST inference request carries the header ``explain``
+    (the frontend adds it after the client's headers) and a ``body`` (or form fields). So: one
+    row, empty, ``describe == "True"`` and no ``explain`` header."""
+    if context is None or not isinstance(data, list) or len(data) != 1:
+        return False
+    row = data[0]
+    if not (row is None or (isinstance(row, dict) and not row)):
+        return False
+    try:
+        if context.get_request_header(0, "describe") != "True":
+            return False
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return False
+    return _header(context, 0, "explain") is None
+
+
+def _bounded(message: str) -> str:
+    """An error message cut to :data:`rws_hub.errors.MAX_MESSAGE` characters."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return message[: MAX_MESSAGE - 40] + f"… (message cut, {len(message)} characters)"
 
 
 def _is_kserve(row: Any) -> bool:
@@ -122,7 +168,7 @@ def _guard_kservev2() -> None:
 
     def handle(self: Any, data: Any, context: Any) -> Any:
         self.context = context
-        if context is not None and context.get_request_header(0, "describe") == "True":
+        if is_describe_call(context, data):
             return self._handle_fn(data, context)
         try:
             parsed = self.parse_input(data) if data else data
@@ -152,6 +198,7 @@ class RWSHandler(BaseHandler):
         self.parser: RequestParser | None = None
         self._kserve = False
         self._batch = 0
+        self.max_response_bytes = TS_MAX_RESPONSE_SIZE
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -199,6 +246,9 @@ class RWSHandler(BaseHandler):
             max_pixels=_setting(cfg, "max_pixels", int, RequestLimits.max_pixels),
         )
         self.parser = RequestParser.for_engine(self.engine, limits=limits)
+        self.max_response_bytes = int(
+            _setting(cfg, "max_response_bytes", int, TS_MAX_RESPONSE_SIZE)
+        )
         for rel, reason in self.engine.refused.items():
             logger.warning("rws: refused %s: %s", rel, reason)
         logger.info(
@@ -261,13 +311,20 @@ class RWSHandler(BaseHandler):
                 obj[key] = params[key]
         return self.parser.parse(obj)
 
+    def _is_describe(self) -> bool:
+        """Never from a client header: see :func:`is_describe_call` (used by :meth:`handle`)."""
+        return False
+
     def handle(self, data: list[Any], context: Any) -> list[Any]:
-        """Answer one batch: per-row parse (errors per row), one engine call for the rest."""
+        """Answer one batch: per-row parse (errors per row), one engine call for the rest,
+        errors of the engine per row too; exactly one answer per row, each within TorchServe's
+        response limit."""
         start = time.perf_counter()
         self.context = context
-        if self._is_describe():
+        if is_describe_call(context, data):
             return [self.describe_handle()]
         assert self.engine is not None
+        data = list(data or [])
         n = self._batch = len(data)
         answers: list[Any] = [None] * n
         valid: list[tuple[int, InferenceRequest]] = []
@@ -282,23 +339,9 @@ class RWSHandler(BaseHandler):
                 logger.exception("rws: could not parse request %d", idx)
                 answers[idx] = self._error(idx, 500, "the request could not be parsed")
         if valid:
-            images = torch.stack([r.image for _, r in valid])
-            try:
-                results = self.engine.classify(
-                    images, [r.mix for _, r in valid], top_k=[r.top_k for _, r in valid]
-                )
-            except RequestError as exc:
-                for idx, _ in valid:
-                    answers[idx] = self._error(idx, exc.status, str(exc))
-            except Exception:  # answer the rows with 500, keep the worker alive
-                logger.exception("rws: inference failed")
-                for idx, _ in valid:
-                    answers[idx] = self._error(idx, 500, "inference failed (see the model log)")
-            else:
-                for (idx, _), result in zip(valid, results, strict=True):
-                    result["model"] = self.engine.name
-                    result["batch_size"] = n
-                    answers[idx] = result
+            self._run(valid, answers, n)
+        for idx in range(n):
+            answers[idx] = self._within_limit(idx, answers[idx])
         for idx in range(1 if self._kserve else n):  # answers (and errors) are JSON
             context.set_response_content_type(idx, "application/json")
         metrics = getattr(context, "metrics", None)
@@ -306,14 +349,64 @@ class RWSHandler(BaseHandler):
             metrics.add_time(
                 "HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms"
             )
+        assert len(answers) == n
         return answers
+
+    def _run(self, valid: list[tuple[int, InferenceRequest]], answers: list[Any], n: int) -> None:
+        """One ``engine.classify_rows`` call for the parsed rows; each row's error its own."""
+        assert self.engine is not None
+        try:
+            images = torch.stack([r.image for _, r in valid])
+            results = self.engine.classify_rows(
+                images, [r.mix for _, r in valid], top_k=[r.top_k for _, r in valid]
+            )
+            if len(results) != len(valid):
+                raise RuntimeError(f"{len(results)} answers for {len(valid)} rows")
+        except RequestError as exc:  # not expected from classify_rows; still the rows' error
+            for idx, _ in valid:
+                answers[idx] = self._error(idx, exc.status, str(exc))
+            return
+        except Exception:  # answer the rows with 500, keep the worker alive
+            logger.exception("rws: inference failed")
+            for idx, _ in valid:
+                answers[idx] = self._error(idx, 500, "inference failed (see the model log)")
+            return
+        for (idx, _), result in zip(valid, results, strict=True):
+            if isinstance(result, RequestError):
+                answers[idx] = self._error(idx, result.status, str(result))
+            elif isinstance(result, dict):
+                result["model"] = self.engine.name
+                result["batch_size"] = n
+                answers[idx] = result
+            else:
+                logger.error("rws: row %d: unexpected engine answer %r", idx, type(result))
+                answers[idx] = self._error(idx, 500, "inference failed (see the model log)")
+
+    def _within_limit(self, idx: int, answer: Any) -> Any:
+        """``answer`` if TorchServe can send it (valid JSON, no NaN, under the response limit:
+        the frontend measures the ``json.dumps(answer, indent=2)`` bytes the worker writes),
+        else a 422 error for this row alone."""
+        try:
+            size = len(json.dumps(answer, indent=2, allow_nan=False).encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            logger.error("rws: row %d: answer is not valid JSON: %s", idx, exc)
+            return self._error(idx, 422, "the answer holds a value that is not valid JSON")
+        limit = self.max_response_bytes - _RESPONSE_MARGIN
+        if size <= limit:
+            return answer
+        return self._error(
+            idx,
+            422,
+            f"the answer would be {size} bytes, over the response limit of {limit} bytes",
+        )
 
     def _error(self, idx: int, status: int, message: str) -> dict[str, Any]:
         # The reason phrase must be printable ASCII: TorchServe 0.12 frames it with its length
         # in characters, not bytes, so a non-ASCII phrase (an unknown name like "føg") corrupts
         # the worker protocol and the frontend drops the worker with the whole batch. The JSON
-        # body keeps the full message.
-        phrase = message.encode("ascii", "backslashreplace").decode("ascii")
+        # body keeps the (bounded) message.
+        message = _bounded(str(message))
+        phrase = message[:1000].encode("ascii", "backslashreplace").decode("ascii")
         phrase = "".join(c if " " <= c <= "~" else "?" for c in phrase)[:500]
         self.context.set_response_status(status, phrase, 0 if self._kserve else idx)
         return {"error": message, "status": status, "batch_size": self._batch}

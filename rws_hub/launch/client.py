@@ -1,6 +1,8 @@
 """A small REST client of a server started by :func:`rws_hub.launch.torchserve.start`.
 
-Persistent, authorized sessions (one per thread and server), the handler's ``describe`` answer
+Persistent, authorized sessions (one per thread and server; a request refused for its token is
+sent once more with a fresh key, renewed first when it expired: see
+:meth:`rws_hub.launch.torchserve.Server.fresh_headers`), the handler's ``describe`` answer
 and the model's workers from the management API, and a ``predict`` call in the wire forms the
 handler accepts (JSON body, or raw image bytes with the mix in ``X-RWS-*`` headers). Used by the
 soak (:mod:`rws_hub.launch.soak`, ``benchmarks/soak.py``) and the server tests. Needs
@@ -28,9 +30,47 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _token_refused(r: requests.Response) -> bool:
+    """Whether TorchServe refused ``r`` for its token (missing, wrong or expired key)."""
+    return r.status_code in (400, 401, 403) and "Token Authorization failed" in r.text[:500]
+
+
+def _renew_on_token_failure(server: Server, s: requests.Session) -> Any:
+    """A response hook: a request refused for its token is sent once more with the key that
+    :meth:`Server.fresh_headers` gives (re-read from ``key_file.json``, renewed if expired).
+    Only the session's own key is replaced: a request that set its own ``Authorization`` is
+    left as it was answered."""
+
+    def hook(r: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        req = r.request
+        if (
+            not server.opts.auth
+            or getattr(req, "_rws_retried", False)
+            or not _token_refused(r)
+            or not isinstance(req.body, (bytes, str, type(None)))
+            or req.headers.get("Authorization") != s.headers.get("Authorization")
+        ):
+            return r
+        try:
+            fresh = server.fresh_headers("inference")
+        except Exception:  # noqa: BLE001 - renewal failed: the caller sees the refusal
+            return r
+        if not fresh or req.headers.get("Authorization") == fresh.get("Authorization"):
+            return r
+        s.headers.update(fresh)
+        retry = req.copy()
+        retry.headers.update(fresh)
+        retry._rws_retried = True  # type: ignore[attr-defined]
+        r.content  # noqa: B018 - read the refused answer so its connection is released
+        return s.send(retry, **kwargs)
+
+    return hook
+
+
 def session(server: Server) -> requests.Session:
     """One persistent (kept-alive) session per calling thread and server, with the server's
-    inference token (if token authorization is on) in its headers."""
+    inference token (if token authorization is on) in its headers; a request refused for its
+    token is retried once with a fresh key (renewed when it expired)."""
     cache: dict[int, requests.Session] | None = getattr(_local, "sessions", None)
     if cache is None:
         cache = _local.sessions = {}
@@ -38,6 +78,7 @@ def session(server: Server) -> requests.Session:
     if s is None:
         s = cache[id(server)] = requests.Session()
         s.headers.update(server.headers())
+        s.hooks["response"].append(_renew_on_token_failure(server, s))
     return s
 
 
@@ -45,7 +86,7 @@ def _model_info(server: Server, **params: str) -> dict[str, Any]:
     r = requests.get(
         f"{server.opts.management_url}/models/{server.opts.model_name}",
         params=params or None,
-        headers=server.headers("management"),
+        headers=server.fresh_headers("management"),
         timeout=30,
     )
     r.raise_for_status()

@@ -22,21 +22,35 @@ programs as subprocesses and talks HTTP to the server with the standard library.
 :func:`stop` (``rws serve --stop``) ends exactly the processes recorded in ``server.json``.
 Token authorization is ON unless ``auth=False``: the keys are in ``<run dir>/key_file.json``;
 send ``Authorization: Bearer <inference key>``.
+
+Key expiry: TorchServe's inference and management keys expire ``token_expiration_min`` minutes
+after they were issued (60 by default, after which every call, ``/ping`` included, fails).
+``rws serve`` sets it deliberately: :attr:`ServeOptions.key_expiry_min`, by default
+:data:`DEFAULT_KEY_EXPIRY_MIN` (100 years: keys live as long as the server; each start makes new
+ones, as does :meth:`Server.renew_keys`). With a shorter expiry, :class:`KeyKeeper` (run by ``rws
+serve --foreground``) renews each key before it expires through TorchServe's token API (``POST
+<management>/token?type=...`` with the never-expiring API key), which rewrites
+``key_file.json``; :meth:`Server.fresh_headers` (used by :mod:`rws_hub.launch.client`) renews
+an expired key on demand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +63,6 @@ from rws_hub.launch.locations import (
 )
 from rws_hub.launch.processes import (
     Managed,
-    pid_alive,
     read_record,
     remove_record,
     spawn,
@@ -59,6 +72,8 @@ from rws_hub.launch.processes import (
 
 __all__ = [
     "DEFAULT_FOLDER",
+    "DEFAULT_KEY_EXPIRY_MIN",
+    "KeyKeeper",
     "default_folder",
     "resolve_folder",
     "Server",
@@ -67,7 +82,9 @@ __all__ = [
     "build_archive",
     "find_handler",
     "free_ports",
+    "read_key_expiry",
     "read_keys",
+    "response_limit",
     "start",
     "start_on_free_ports",
     "stop",
@@ -77,6 +94,12 @@ __all__ = [
 
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
+
+DEFAULT_KEY_EXPIRY_MIN = 100 * 365 * 24 * 60
+"""``token_expiration_min`` that ``rws serve`` writes unless told otherwise: 100 years, i.e. the
+keys live as long as the server (TorchServe's own default, 60 minutes, would stop a long-running
+server answering after an hour). TorchServe's API key, which can issue new keys, never expires
+anyway; every start makes new keys."""
 
 _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- rws serve: TorchServe's own log and the model (worker) log only, each capped at 10 MB;
@@ -149,6 +172,7 @@ class ServeOptions:
     envelope: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     response_timeout: int = 120
+    key_expiry_min: float = DEFAULT_KEY_EXPIRY_MIN
     settings: dict[str, Any] = field(default_factory=dict)
     handler: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -165,6 +189,13 @@ class ServeOptions:
         for name in ("batch_size", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ServeError(f"{name} must be at least 1")
+        expiry = float(self.key_expiry_min)
+        if not math.isfinite(expiry) or not 0 < expiry <= DEFAULT_KEY_EXPIRY_MIN:
+            raise ServeError(
+                f"key_expiry_min {self.key_expiry_min!r}: use minutes in (0, "
+                f"{DEFAULT_KEY_EXPIRY_MIN}]"
+            )
+        self.key_expiry_min = expiry
 
     @property
     def inference_url(self) -> str:
@@ -201,6 +232,15 @@ def find_handler() -> Path:
     if not path.is_file():
         raise ServeError(f"handler not found at {path}; reinstall rws-hub")
     return path
+
+
+def response_limit(opts: ServeOptions) -> int:
+    """TorchServe's ``max_request_size`` and ``max_response_size`` for ``opts`` (bytes): the
+    handler's body limit plus the JSON-level overhead on top of the image (base64's 4/3 plus the
+    other fields). The handler gets the same number (``max_response_bytes``) and answers a row
+    whose answer would be longer with its own 422 instead of letting the frontend drop the
+    worker."""
+    return opts.max_body_bytes * 4 // 3 + 64 * 1024
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -242,7 +282,11 @@ def build_archive(opts: ServeOptions, archive_format: str = "no-archive") -> Pat
     )
     shutil.copytree(folder, stage / "model-folder", ignore=shutil.ignore_patterns(".cache"))
 
-    settings = {"folder": "model-folder", "max_body_bytes": opts.max_body_bytes}
+    settings = {
+        "folder": "model-folder",
+        "max_body_bytes": opts.max_body_bytes,
+        "max_response_bytes": response_limit(opts),
+    }
     settings.update(opts.settings)
     lines = [
         *(f"{k}: {v}" for k, v in _worker_settings(opts).items()),
@@ -281,8 +325,7 @@ def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
             "1.0": {"defaultVersion": True, "marName": opts.model_name, **_worker_settings(opts)}
         }
     }
-    # JSON-level overhead on top of the image: base64 (4/3) plus the other fields
-    request_limit = opts.max_body_bytes * 4 // 3 + 64 * 1024
+    request_limit = response_limit(opts)
     props = {
         "inference_address": opts.inference_url,
         "management_address": opts.management_url,
@@ -300,6 +343,8 @@ def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
         "max_request_size": request_limit,
         "max_response_size": request_limit,
         "disable_token_authorization": str(not opts.auth).lower(),
+        # keys expire after this many minutes (TorchServe's default is 60): set on purpose
+        "token_expiration_min": _minutes(opts.key_expiry_min),
         "enable_model_api": "false",
         "decode_input_request": "false",  # the handler parses JSON itself (limits, duplicates)
         "install_py_dep_per_model": "false",
@@ -320,15 +365,50 @@ def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
 # the server
 
 
+def _minutes(value: float) -> str:
+    """A number of minutes as config.properties text (``60``, ``0.25``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _read_key_file(run_dir: str | Path) -> dict[str, Any]:
+    """``key_file.json`` as a dict (empty when missing). TorchServe rewrites the file when a key
+    is renewed: a half-written file is read again a few times."""
+    path = Path(run_dir) / KEY_FILE
+    for attempt in range(5):
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            if attempt == 4:
+                return {}
+            time.sleep(0.05)
+            continue
+        return raw if isinstance(raw, dict) else {}
+    return {}
+
+
 def read_keys(run_dir: str | Path) -> dict[str, str]:
     """The token keys TorchServe wrote: ``{"inference": ..., "management": ..., "API": ...}``
     (empty when token auth is off or the server has not started yet)."""
-    path = Path(run_dir) / KEY_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    raw = _read_key_file(run_dir)
     return {k: v["key"] for k, v in raw.items() if isinstance(v, dict) and "key" in v}
+
+
+def read_key_expiry(run_dir: str | Path) -> dict[str, datetime]:
+    """When each key of ``key_file.json`` expires (UTC; the API key never does, so it is not
+    listed)."""
+    out: dict[str, datetime] = {}
+    for name, entry in _read_key_file(run_dir).items():
+        text = entry.get("expiration time") if isinstance(entry, dict) else None
+        if not isinstance(text, str):
+            continue
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        out[name] = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return out
 
 
 def _http(url: str, key: str | None, timeout: float = 5.0) -> tuple[int, str]:
@@ -376,6 +456,67 @@ class Server:
         key = self._key(api)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def key_expiry(self) -> dict[str, datetime]:
+        """When the inference and management keys expire (see :func:`read_key_expiry`)."""
+        return read_key_expiry(self.run_dir) if self.opts.auth else {}
+
+    def renew_keys(self, apis: tuple[str, ...] = ("inference", "management")) -> dict[str, str]:
+        """Have TorchServe issue new keys for ``apis`` now (``POST <management>/token?type=``
+        with the API key, which never expires); TorchServe rewrites ``key_file.json``, and the
+        old key of each renewed API stops working. Returns the new keys."""
+        if not self.opts.auth:
+            return {}
+        api_key = self.keys().get("API")
+        if not api_key:
+            raise ServeError(f"no API key in {self.key_file}: cannot renew keys")
+        for api in apis:
+            if api not in ("inference", "management"):
+                raise ServeError(f"key type {api!r}: use 'inference' or 'management'")
+            req = urllib.request.Request(
+                f"{self.opts.management_url}/token?type={api}",
+                method="POST",
+                headers={"Authorization": f"Bearer {api_key}"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+            except (OSError, urllib.error.HTTPError) as exc:
+                raise ServeError(f"renewing the {api} key failed: {exc}") from exc
+        keys = self.keys()
+        return {api: keys[api] for api in apis if api in keys}
+
+    def renew_due_keys(self, margin_s: float) -> list[str]:
+        """Renew each key that expires within ``margin_s`` seconds (or has expired); returns
+        the APIs renewed."""
+        if not self.opts.auth:
+            return []
+        now = datetime.now(timezone.utc)
+        due = tuple(
+            api
+            for api, when in self.key_expiry().items()
+            if api in ("inference", "management") and (when - now).total_seconds() <= margin_s
+        )
+        if due:
+            self.renew_keys(due)
+        return list(due)
+
+    def fresh_headers(self, api: str = "inference") -> dict[str, str]:
+        """:meth:`headers` with a key that has not expired: an expired key (per
+        ``key_file.json``) is renewed first. Clients call this after a token failure."""
+        key = self._fresh_key(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _fresh_key(self, api: str) -> str | None:
+        """The key for ``api``, renewed first when ``key_file.json`` says it has expired (e.g.
+        a short ``key_expiry_min`` on a slow start)."""
+        if not self.opts.auth:
+            return None
+        when = self.key_expiry().get(api)
+        if when is not None and when <= datetime.now(timezone.utc):
+            with contextlib.suppress(ServeError):  # not reachable yet (starting): retried
+                self.renew_keys((api,))
+        return self._key(api)
+
     def java_pid(self) -> int | None:
         """The TorchServe frontend's pid (from its pid file in the run directory)."""
         try:
@@ -392,7 +533,7 @@ class Server:
 
     def status(self) -> str | None:
         """The model's worker status (``READY``, ...) from the management API, or None."""
-        key = self._key("management")
+        key = self._fresh_key("management")
         try:
             code, text = _http(f"{self.opts.management_url}/models/{self.opts.model_name}", key)
         except OSError:
@@ -412,7 +553,7 @@ class Server:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise ServeError(f"torchserve exited; see {self.run_dir / 'logs'}\n{self.tail()}")
-            key = self._key("inference")
+            key = self._fresh_key("inference")
             if not self.opts.auth or key:
                 try:
                     code, _ = _http(f"{self.opts.inference_url}/ping", key, timeout=2)
@@ -450,8 +591,58 @@ class Server:
         return cls(opts=opts, launcher_pid=int(state["launcher_pid"]))
 
 
-_pid_alive = pid_alive
-"""Deprecated alias of :func:`rws_hub.launch.processes.pid_alive` (old tests import it)."""
+class KeyKeeper:
+    """Renews the server's inference and management keys before they expire (a daemon thread;
+    ``rws serve --foreground`` runs one). Each key is renewed ``margin_s`` seconds before its
+    expiry time (default: a quarter of :attr:`ServeOptions.key_expiry_min`, at most 5 minutes),
+    so ``key_file.json`` always holds keys that work; a client that read an old key gets a token
+    error and reads the file again. Use as a context manager or call :meth:`start` /
+    :meth:`stop`."""
+
+    def __init__(
+        self, server: Server, margin_s: float | None = None, poll_s: float | None = None
+    ) -> None:
+        life = float(server.opts.key_expiry_min) * 60.0
+        self.server = server
+        self.margin_s = margin_s if margin_s is not None else max(1.0, min(300.0, life / 4))
+        self.poll_s = poll_s if poll_s is not None else max(0.2, min(30.0, self.margin_s / 4))
+        self.renewals = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> list[str]:
+        """Renew what is due now; returns the APIs renewed (errors are kept in ``errors``)."""
+        try:
+            done = self.server.renew_due_keys(self.margin_s)
+        except ServeError as exc:
+            self.errors.append(str(exc))
+            return []
+        self.renewals += len(done)
+        return done
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if self.server.alive():
+                self.check()
+
+    def start(self) -> KeyKeeper:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rws-key-keeper", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __enter__(self) -> KeyKeeper:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> Server:

@@ -41,6 +41,7 @@ from rws_hub.inference.engine import Engine
 from rws_hub.io.files import load_signature
 from rws_hub.io.folder import MANIFEST_FILE, ModelFolder, sha256_file
 from rws_hub.launch import torchserve as serving
+from rws_hub.launch.processes import pid_alive
 
 needs_server = pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve")
 
@@ -343,7 +344,7 @@ def test_worker_killed_mid_load(server, engine) -> None:
     old = workers(server)
     assert len(old) == 1 and old[0]["status"] == "READY"
     old_pid = int(old[0]["pid"])
-    assert old_pid != os.getpid() and serving._pid_alive(old_pid)
+    assert old_pid != os.getpid() and pid_alive(old_pid)
     images = [png(500 + i) for i in range(12)]
     mixes = [None, {"gaussian_noise": 1.0}, ["pixelate"], "gaussian_noise:0.3,pixelate:2"]
     refs = {
@@ -418,7 +419,7 @@ def test_worker_killed_mid_load(server, engine) -> None:
         )
         assert s.status == -1 or 500 <= s.status < 600, s.answer  # 507 'Worker died.'
     assert len(later) >= 60
-    assert int(new["pid"]) != old_pid and not serving._pid_alive(old_pid)
+    assert int(new["pid"]) != old_pid and not pid_alive(old_pid)
     assert {w["status"] for w in workers(server)} == {"READY"}
 
 

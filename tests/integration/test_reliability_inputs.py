@@ -650,23 +650,23 @@ def test_defaults_bind_loopback_with_auth(tmp_path: Path) -> None:
     assert "serve" in hosts, hosts
     assert set(hosts.values()) == {"127.0.0.1"}, hosts
 
-    app = Path(__file__).resolve().parents[2] / "demo" / "app.py"
-    if app.is_file():  # the Gradio app's launch(): read its default without importing gradio
-        tree = ast.parse(app.read_text())
-        launch = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "launch"]
-        assert launch, "demo/app.py has no launch()"
-        args = launch[0].args
-        positional = args.posonlyargs + args.args
-        named = {
-            a.arg: d
-            for a, d in zip(
-                positional[len(positional) - len(args.defaults) :], args.defaults, strict=True
-            )
-        }
-        named.update(
-            {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d}
+    # the Gradio app's launch() (rws_hub/integrations/gradio_app.py; demo/app.py re-exports
+    # it): read its default without importing gradio
+    app = Path(__file__).resolve().parents[2] / "rws_hub" / "integrations" / "gradio_app.py"
+    assert app.is_file(), app
+    tree = ast.parse(app.read_text())
+    launch = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "launch"]
+    assert launch, f"{app} has no launch()"
+    args = launch[0].args
+    positional = args.posonlyargs + args.args
+    named = {
+        a.arg: d
+        for a, d in zip(
+            positional[len(positional) - len(args.defaults) :], args.defaults, strict=True
         )
-        assert ast.literal_eval(named["host"]) == "127.0.0.1"
+    }
+    named.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d})
+    assert ast.literal_eval(named["host"]) == "127.0.0.1"
 
 
 # --------------------------------------------------------------------------------------------

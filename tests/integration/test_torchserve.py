@@ -326,3 +326,83 @@ def test_torchserve_finds_one_handler_class(path, name):
         del sys.modules[name]
     assert len(classes) == 1 and issubclass(classes[0], BaseHandler), classes
     assert not hasattr(module, "handle"), "a module-level handle() would be used instead"
+
+
+def test_keys_keep_working_past_their_expiry(folder, engine, tmp_path):
+    """TorchServe keys expire (60 minutes by default). `rws serve` writes token_expiration_min
+    on purpose (default: as long as the server runs); with a short expiry (12 s here) the old
+    key really stops working, the client renews it through the API key and retries, and a
+    KeyKeeper (what `rws serve --foreground` runs) keeps key_file.json valid past the expiry
+    point so that a plain request with the key read from the file authenticates."""
+    import time
+
+    from rws_hub.launch.client import predict
+
+    cfg, _ = serving.write_configs(
+        serving.ServeOptions(folder=folder, run_dir=tmp_path / "cfg", model_name="m")
+    )
+    assert f"token_expiration_min={serving.DEFAULT_KEY_EXPIRY_MIN}" in cfg.read_text()
+    expiry_min = 0.2  # 12 s; TorchServe reads the value as a double
+    srv = start_server(folder, tmp_path / "serve", name="keys", key_expiry_min=expiry_min)
+    try:
+        assert "token_expiration_min=0.2" in (srv.run_dir / "config.properties").read_text()
+        started = time.monotonic()
+        old = srv.keys()
+        body = {"image": base64.b64encode(png(8)).decode(), "top_k": 3}
+        want = expected(engine, png(8), None, 3)
+
+        def plain(key: str) -> requests.Response:
+            return requests.post(
+                srv.inference_url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            )
+
+        assert plain(old["inference"]).status_code == 200
+        time.sleep(max(0.0, expiry_min * 60 + 3 - (time.monotonic() - started)))
+        r = plain(old["inference"])  # past the expiry point: TorchServe refuses the old key
+        assert r.status_code == 400 and "Token" in r.text, r.text
+        # the package's client renews (API key, never expires) and retries once
+        r = predict(srv, png(8), None, top_k=3)
+        assert r.status_code == 200, r.text
+        assert_same(r.json(), want)
+        renewed = srv.keys()
+        assert renewed["inference"] != old["inference"]
+        assert renewed["API"] == old["API"]
+        # a KeyKeeper renews each key before it expires: the file's keys always work
+        with serving.KeyKeeper(srv, margin_s=4.0, poll_s=0.5) as keeper:
+            t1 = time.monotonic()
+            while time.monotonic() - t1 < expiry_min * 60 + 4:
+                time.sleep(1.0)
+            assert keeper.renewals >= 2 and not keeper.errors, (keeper.renewals, keeper.errors)
+            # a renewal replaces a key at once: like any client, read the file again on a
+            # refusal (at most twice; the keeper renews every few seconds here)
+
+            def call(api: str, send) -> requests.Response:
+                for _ in range(3):
+                    r = send(srv.keys()[api])
+                    if r.status_code == 200:
+                        break
+                return r
+
+            r = call("inference", plain)
+            assert r.status_code == 200, r.text
+            assert_same(r.json(), want)
+            for api, url in (
+                ("inference", f"{srv.opts.inference_url}/ping"),
+                ("management", f"{srv.opts.management_url}/models"),
+            ):
+                r = call(
+                    api,
+                    lambda key, url=url: requests.get(
+                        url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+                    ),
+                )
+                assert r.status_code == 200, (url, r.text)
+        # rws serve --renew-keys: new keys on demand, the old ones stop working
+        before = srv.keys()
+        assert rws_main(["serve", "--renew-keys", "--run-dir", str(srv.run_dir)]) == 0
+        after = srv.keys()
+        assert after["inference"] != before["inference"]
+        assert plain(after["inference"]).status_code == 200
+        assert plain(before["inference"]).status_code == 400
+    finally:
+        stop_server(srv)
