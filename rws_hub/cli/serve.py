@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rws_hub.zoo.entries import DEFAULT_ENTRY
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -23,7 +25,7 @@ def register(subparsers: Any) -> None:
         nargs="?",
         type=Path,
         default=None,
-        help="model folder (default in a checkout: model-store/cifar10-vgg16, the embedded "
+        help=f"model folder (default in a checkout: {DEFAULT_ENTRY.folder}, the embedded "
         "default; an installed rws-hub needs a folder)",
     )
     p.add_argument("--port", type=int, default=8080, help="inference port (default 8080)")

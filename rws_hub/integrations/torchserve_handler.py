@@ -14,7 +14,7 @@ the frontend drop the worker and fail the whole batch): such a row gets 422 inst
 always returns exactly one answer per row. Answers are JSON::
 
     {"predictions": [{"class": "cat", "probability": 0.91}, ...],
-     "mix": {"fog": 0.5}, "model": "cifar10-vgg16", "batch_size": 8}
+     "mix": {"fog": 0.5}, "model": "<folder name>", "batch_size": 8}
 
 ``batch_size`` is the number of requests TorchServe handed to this call (batching at work).
 

@@ -96,6 +96,8 @@ def read_raw_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{p}: not a safetensors file (header is not JSON: {exc})") from None
+    except RecursionError:
+        raise ArtifactError(f"{p}: header nested too deeply") from None
     if not isinstance(header, dict):
         raise ArtifactError(f"{p}: not a safetensors file (header is not a JSON object)")
     data_size = size - 8 - n
@@ -155,7 +157,7 @@ def load_state_dict(
     if _ORDER_KEY in meta:
         try:
             order = json.loads(meta[_ORDER_KEY])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             order = None
     if not isinstance(order, list) or sorted(order) != sorted(tensors):
         order = sorted(tensors, key=_natural_key)
@@ -274,7 +276,7 @@ def _decode_metadata(p: str | os.PathLike, meta: Mapping[str, str]) -> dict[str,
     def js(key: str) -> Any:
         try:
             return json.loads(need(key))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ArtifactError(f"{p}: metadata field {key!r} is not valid JSON") from None
 
     out: dict[str, Any] = {

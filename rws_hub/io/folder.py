@@ -137,6 +137,8 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
             raise ValueError(f"paths must stay inside the folder: {bad[0]!r}")
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{MANIFEST_FILE}: malformed ({exc})") from exc
+    except RecursionError:
+        raise ArtifactError(f"{MANIFEST_FILE}: nested too deeply") from None
     if data.get("format_version", 1) > FORMAT_VERSION:
         raise ArtifactError(
             f"{MANIFEST_FILE}: format_version {data['format_version']} is newer than this "
@@ -408,6 +410,8 @@ def _read_config(root: Path) -> dict[str, Any]:
         raise ArtifactError(f"{CONFIG_FILE}: missing in {root}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{CONFIG_FILE}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ArtifactError(f"{CONFIG_FILE}: nested too deeply to be a model config") from None
     if not isinstance(config, dict):
         raise ArtifactError(f"{CONFIG_FILE}: must hold a JSON object")
     missing = [k for k in ("architecture", "classes") if k not in config]

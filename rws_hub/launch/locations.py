@@ -10,12 +10,15 @@ folder, which exists only in a checkout of rws-hub.
   TorchServe;
 * :data:`DEMO_MODULE`: the Gradio app's module, run as ``python -m rws_hub.integrations.gradio_app``;
 * :func:`checkout_root` / :func:`default_folder` / :func:`resolve_folder`: the embedded default
-  ``model-store/cifar10-vgg16`` and the one rule for "no folder given".
+  entry's folder (:data:`rws_hub.zoo.entries.DEFAULT_ENTRY`) and the one rule for "no folder
+  given".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from rws_hub.zoo.entries import DEFAULT_ENTRY
 
 __all__ = [
     "DEFAULT_FOLDER",
@@ -27,7 +30,7 @@ __all__ = [
     "resolve_folder",
 ]
 
-DEFAULT_FOLDER = Path("model-store/cifar10-vgg16")
+DEFAULT_FOLDER = Path(DEFAULT_ENTRY.folder)
 """The embedded default model folder (relative to the repository root)."""
 
 DEMO_MODULE = "rws_hub.integrations.gradio_app"
@@ -54,7 +57,7 @@ def checkout_root() -> Path | None:
 
 
 def default_folder() -> Path:
-    """The embedded default model folder: ``model-store/cifar10-vgg16`` of the working
+    """The embedded default model folder (:data:`DEFAULT_FOLDER`) of the working
     directory when it is there, else of the checkout this package lives in; outside a checkout
     the relative path itself (which then does not exist: see :func:`resolve_folder`)."""
     if DEFAULT_FOLDER.is_dir():
