@@ -86,7 +86,7 @@ SIGNATURE_DIR = "signatures"
 SIGNATURE_SUFFIX = ".safetensors"
 SIGNATURE_SETS = "signature_sets"
 """``config.json`` key: published signature sets this folder uses by lineage instead of copies,
-``[{"folder": "../cifar10-vgg16", "lineage": "sha256:...", "prefix": "cifar10."}]``; each
+``[{"folder": "../published-entry", "lineage": "sha256:...", "prefix": "pub."}]``; each
 referenced folder is verified with its own manifest, and its signatures must share this
 backbone's lineage and fit its tensors (docs/format.md)."""
 
