@@ -47,6 +47,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--max-alpha", type=float, default=None, help="largest |alpha| accepted")
     p.add_argument(
+        "--live",
+        action="store_true",
+        help="follow the model folder while serving: signatures published into it with "
+        "`rws publish` (or removed) reach the server without a restart",
+    )
+    p.add_argument(
         "--allow-negative", action="store_true", help="accept negative alphas (off by default)"
     )
     p.add_argument(
@@ -57,10 +63,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--resident",
-        choices=("float", "codes"),
+        choices=("float", "codes", "factors"),
         default="float",
-        help="how signatures are held: float (fastest weight builds) or codes (int8/int4 codes "
-        "as shipped, dequantized per weight build: about a quarter of the delta memory)",
+        help="how signatures are held: float (fastest weight builds), codes (int8/int4 codes "
+        "as shipped, dequantized per weight build: about a quarter of the delta memory) or "
+        "factors (codes, and low-rank signatures served as branches: base layers once per batch)",
     )
     p.add_argument(
         "--threads",
@@ -132,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
         settings["max_alpha"] = args.max_alpha
     if args.threads:
         settings["threads"] = args.threads
+    if args.live:
+        # the worker reads the folder itself (not the archive's copy) and follows it
+        settings["folder"] = str(Path(folder).resolve())
+        settings["live"] = True
     extra: dict[str, Any] = {}
     if args.key_expiry_min is not None:
         extra["key_expiry_min"] = args.key_expiry_min

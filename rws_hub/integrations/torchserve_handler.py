@@ -42,6 +42,7 @@ serve`` writes the value it configured, default TorchServe's 6553500).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
 from rws_hub.errors import MAX_MESSAGE, RequestError  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
+from rws_hub.inference.live import FolderWatcher  # noqa: E402
 from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser  # noqa: E402
 from rws_hub.launch.locations import package_dir  # noqa: E402
 
@@ -249,6 +251,11 @@ class RWSHandler(BaseHandler):
         self.max_response_bytes = int(
             _setting(cfg, "max_response_bytes", int, TS_MAX_RESPONSE_SIZE)
         )
+        self.watcher: FolderWatcher | None = None
+        if _setting(cfg, "live", bool, False):
+            interval = _setting(cfg, "live_interval", float, 1.0)
+            self.watcher = FolderWatcher(self.engine, folder, interval=interval)
+            logger.info("rws: following %s for published signatures (every %ss)", folder, interval)
         for rel, reason in self.engine.refused.items():
             logger.warning("rws: refused %s: %s", rel, reason)
         logger.info(
@@ -315,6 +322,21 @@ class RWSHandler(BaseHandler):
         """Never from a client header: see :func:`is_describe_call` (used by :meth:`handle`)."""
         return False
 
+    def _follow_folder(self) -> None:
+        """With ``live``: pick up signatures published into (or removed from) the folder since
+        the last look; the parser then knows the new names. Never fails the batch."""
+        watcher = getattr(self, "watcher", None)
+        if watcher is None:
+            return
+        try:
+            changes = watcher.poll()
+        except Exception:  # a broken folder must not take the serving down
+            logger.exception("rws: could not follow the model folder")
+            return
+        if changes:
+            self.parser = dataclasses.replace(self.parser, known=self.engine.defaults)
+            logger.info("rws: signatures changed: %s", changes)
+
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         """Answer one batch: per-row parse (errors per row), one engine call for the rest,
         errors of the engine per row too; exactly one answer per row, each within TorchServe's
@@ -324,6 +346,7 @@ class RWSHandler(BaseHandler):
         if is_describe_call(context, data):
             return [self.describe_handle()]
         assert self.engine is not None
+        self._follow_folder()
         data = list(data or [])
         n = self._batch = len(data)
         answers: list[Any] = [None] * n
