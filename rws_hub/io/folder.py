@@ -80,6 +80,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 PRETRAINED_FILE = "pretrained.safetensors"
 DETECTOR_FILE = "detector.safetensors"
+EVAL_FILE = "eval.json"  # the evaluation record behind config["metrics"] (optional)
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
 SIGNATURE_DIR = "signatures"
@@ -546,6 +547,7 @@ def save_model_folder(
     pretrained: nn.Module | Mapping[str, torch.Tensor] | None = None,
     detector: nn.Module | Mapping[str, torch.Tensor] | None = None,
     card: str | None = None,
+    evaluation: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a model folder (weights, signatures, config, card, manifest) and return its path.
@@ -558,7 +560,9 @@ def save_model_folder(
     ``signature_layers`` (from the signatures), ``metrics`` and ``recipe`` (empty). ``lineage`` is
     taken from ``config``, else the fingerprint of ``pretrained``, else the signatures; all must
     agree. The backbone must fit the config (checked by rebuilding it). ``card`` defaults to
-    :func:`rws_hub.io.card.model_card` of the final config.
+    :func:`rws_hub.io.card.model_card` of the final config. ``evaluation`` (the measurements
+    behind ``metrics``, e.g. the zoo's ``eval.json``: per corruption TA/RA and image counts) is
+    kept as ``eval.json``.
 
     The folder is written next to ``path`` and swapped in when complete. An existing model
     folder at ``path`` is replaced as a whole; any other non-empty directory is refused unless
@@ -642,6 +646,8 @@ def save_model_folder(
     for s in sigs:
         s.save(root / signature_file(s.name))
     (root / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    if evaluation is not None:
+        (root / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
     if card is None:
         card = model_card(cfg)
     (root / CARD_FILE).write_text(card, encoding="utf-8")

@@ -345,6 +345,7 @@ class ZooBuilder:
             config=config,
             signatures=self.signatures(),
             pretrained=pre,
+            evaluation=json.loads((self.work / "eval.json").read_text()),
         )
 
     def run(self, steps: tuple[str, ...] = STEPS) -> None:

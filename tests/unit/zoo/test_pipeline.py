@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     ZooBuilder(spec, progress=False).run(("evaluate", "export"))
     assert (Path(spec.work) / "eval-64.json").is_file()
     assert ModelFolder.load(spec.export).config["metrics"]["test_images"] == 32
+    # the folder keeps the evaluation record behind its metrics (and the manifest covers it)
+    record = json.loads((Path(spec.export) / "eval.json").read_text())
+    assert record["images"] == 32 and set(record["robust_models"]) == {"gaussian_noise", "contrast"}
+    assert "eval.json" in json.loads((Path(spec.export) / "manifest.json").read_text())["files"]
     # the backbone of the folder is the clean fine-tuned model
     x = torch.rand(2, 3, 32, 32)
     assert folder.model(x).shape == (2, 10)
