@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-limit", type=int, default=d.eval_limit)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--device", default=d.device, help="cpu, cuda, cuda:N or auto (CUDA when available)"
+    )
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--resume", action="store_true", help="continue a killed run")
     p.add_argument(

@@ -38,16 +38,19 @@ def accuracy(
     seed: int = 0,
     channels_last: bool = True,
 ) -> float:
-    """Top-1 accuracy in percent on ``data``, clean or corrupted on the fly."""
+    """Top-1 accuracy in percent on ``data``, clean or corrupted on the fly, on the model's
+    device (images are corrupted there too)."""
     model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     correct = 0
     for b, start in enumerate(range(0, len(data), batch_size)):
-        x = data.x[start : start + batch_size].float().div_(255)
+        x = data.x[start : start + batch_size].to(device).float().div_(255)
         if corruption:
             x = corrupt(x, corruption, severity, generator=seeded_generator(seed, b, 7919))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        pred = model(x).argmax(1)
+        pred = model(x).argmax(1).cpu()
         correct += int((pred == data.y[start : start + batch_size]).sum())
     return 100.0 * correct / max(1, len(data))
 

@@ -30,7 +30,7 @@ from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
 from rws_hub.io.folder import save_model_folder
 from rws_hub.zoo.entries import DEFAULT_ENTRY
 from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
-from rws_hub.zoo.training import TrainConfig, train
+from rws_hub.zoo.training import TrainConfig, resolve_device, train
 
 STEPS = ("pretrain", "clean", "robust", "extract", "evaluate", "export")
 
@@ -64,6 +64,7 @@ class ZooSpec:
     quantization: str = "int8"  # fp32 | int8 | int4 | log8
     eval_limit: int | None = None  # test images (None = the whole test set)
     jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
+    device: str = "cpu"  # training and evaluation: "cpu", "cuda", "cuda:N" or "auto"
     seed: int = 0
     dataset: str = DEFAULT_ENTRY.dataset  # a rws_hub.datasets name: classes, normalisation
 
@@ -88,6 +89,7 @@ class ZooSpec:
             "width": self.width,
             "seed": self.seed,
             "num_classes": self.dataset_spec.num_classes,
+            "device": self.device,
         }
 
     def pretrain_config(self) -> TrainConfig:
@@ -290,6 +292,7 @@ class ZooBuilder:
         sev = self.spec.severity
         if "backbone" not in results:
             model = load_state_model(self.spec, self.work / "clean/final.safetensors")
+            model = model.to(resolve_device(self.spec.device))
             model.rws_signatures = self.signatures()
             rep = evaluate(
                 model,
@@ -307,6 +310,7 @@ class ZooBuilder:
             if c in robust:
                 continue
             model = load_state_model(self.spec, self.work / f"robust/{c}/final.safetensors")
+            model = model.to(resolve_device(self.spec.device))
             robust[c] = {
                 "clean": accuracy(model, test),
                 "corrupted": accuracy(model, test, corruption=c, severity=sev),

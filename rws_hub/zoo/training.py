@@ -68,6 +68,7 @@ class TrainConfig:
     eval_limit: int | None = 2000  # test images for the end-of-epoch check (None = all)
     seed: int = 0
     threads: int | None = None
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (CUDA when available)
     checkpoint_every: int = 100  # steps
     channels_last: bool = True
     dataset: str = default_dataset().name
@@ -113,6 +114,17 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     if t < warm:
         return cfg.lr * (0.04 + 0.96 * t / warm)
     return cfg.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm))))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; other names as torch spells them. Asking
+    for CUDA on a machine without it raises ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    return device
 
 
 def augment_batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -172,11 +184,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 def _save_checkpoint(
     run: Path, model: nn.Module, opt: torch.optim.Optimizer, pos: dict[str, Any]
 ) -> None:
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for i, p in enumerate(opt.param_groups[0]["params"]):
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
-            tensors[f"momentum.{i}"] = buf.contiguous()
+            tensors[f"momentum.{i}"] = buf.detach().cpu().contiguous()
     tmp = run / "checkpoint.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(run / "checkpoint.safetensors")
@@ -189,7 +201,7 @@ def _load_checkpoint(run: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(opt.param_groups[0]["params"]):
         if f"momentum.{i}" in tensors:
-            opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].clone()
+            opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device).clone()
     return json.loads((run / "checkpoint.json").read_text())
 
 
@@ -217,7 +229,8 @@ def train(
     train_set = load_images(cfg.data, "train", dataset=cfg.dataset).subset(cfg.limit)
     test_set = load_images(cfg.data, "test", dataset=cfg.dataset).subset(cfg.eval_limit)
 
-    model = build_model(cfg)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(
@@ -236,7 +249,8 @@ def train(
         # a run saved before a field existed ran with that field's default
         defaults = json.loads(json.dumps(asdict(TrainConfig())))
         saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(now)}
-        runtime = ("threads", "checkpoint_every", "out")  # knobs that do not change the result
+        # knobs that do not change what is trained (a run may resume on another device)
+        runtime = ("threads", "checkpoint_every", "out", "device")
         if {k: v for k, v in saved.items() if k not in runtime} != {
             k: v for k, v in now.items() if k not in runtime
         }:
@@ -262,6 +276,7 @@ def train(
         order = torch.randperm(len(train_set), generator=seeded_generator(cfg.seed, epoch))
         idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
         x, y = make_batch(cfg, train_set, idx, seeded_generator(cfg.seed, epoch, pos, 1))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = lr_at(cfg, step, total)
@@ -309,7 +324,7 @@ def train(
             _save_checkpoint(run, model, opt, {"step": step})
     bar.close()
     log.close()
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(run / "final.tmp"), metadata={"stage": cfg.stage, "steps": str(total)})
     (run / "final.tmp").replace(final)
     return final

@@ -133,3 +133,29 @@ def test_the_data_set_decides_classes_location_and_normalisation(tmp_path: Path)
     assert torch.allclose(
         model.normalize.mean.flatten(), torch.tensor(get_dataset("tinyimagenet32").mean)
     )
+
+
+def test_devices(tiny_cifar: Path, tmp_path: Path) -> None:
+    from rws_hub.zoo.training import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    # "auto" trains where it resolves; a run may resume on another device (a runtime knob)
+    cfg = _cfg(tiny_cifar, tmp_path / "d", epochs=1, device="auto")
+    assert train(cfg, progress=False, max_steps=2) is None
+    cfg.device = "cpu"
+    assert train(cfg, progress=False, resume=True) is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_matches_the_cpu_closely(tiny_cifar: Path, tmp_path: Path) -> None:
+    a = load_file(str(train(_cfg(tiny_cifar, tmp_path / "cpu", epochs=1), progress=False)))
+    b = load_file(
+        str(train(_cfg(tiny_cifar, tmp_path / "gpu", epochs=1, device="cuda"), progress=False))
+    )
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], atol=5e-2, rtol=5e-2)
