@@ -16,8 +16,12 @@ import torch
 
 from rws_hub.archs import create_model
 from rws_hub.core.signature import Signature
-from rws_hub.detect.detector import CorruptionDetector, detector_classes
+from rws_hub.detect import CorruptionDetector, detector_classes
 from rws_hub.io.folder import ModelFolder, add_detector, save_model_folder
+from rws_hub.zoo.entries import DEFAULT_ENTRY
+
+ARCHITECTURE = DEFAULT_ENTRY.architecture
+"""Toy folders use the default entry's architecture (at a tiny width)."""
 
 __all__ = ["TOY_SIGNATURES", "add_toy_detector", "make_toy_folder"]
 
@@ -37,7 +41,7 @@ def make_toy_folder(
     random weights (seed ``seed``) and one random signature per name on the first ``layers``
     conv layers, default alphas 0.5, 0.75, 1.0, ... in order."""
     torch.manual_seed(seed)
-    model = create_model("vgg16_cifar", width=width).eval()
+    model = create_model(ARCHITECTURE, width=width).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][:layers]
     sd = model.state_dict()
@@ -49,7 +53,7 @@ def make_toy_folder(
             for t in ("weight", "bias")
         }
         sigs.append(Signature(name, tensors, layers=layers, default_alpha=0.5 + 0.25 * i))
-    config = {"architecture": "vgg16_cifar", "width": width, "lineage": "test-lineage"}
+    config = {"architecture": ARCHITECTURE, "width": width, "lineage": "test-lineage"}
     return save_model_folder(path, model=model, config=config, signatures=sigs)
 
 
