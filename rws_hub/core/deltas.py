@@ -158,17 +158,36 @@ class QuantizedDelta:
 
 
 class LowRankDelta:
-    """A delta held as float factors ``U`` (out, r) and ``V`` (r, in·kh·kw): materialized as
+    """A delta held as factors ``U`` (out, r) and ``V`` (r, in·kh·kw): materialized as
     ``U·V``, or applied as a thin branch -- ``conv(x, V)`` with r output channels, then a 1×1
-    conv with ``U`` -- so an engine can run the base layer once for the whole batch."""
+    conv with ``U`` -- so an engine can run the base layer once for the whole batch.
 
-    __slots__ = ("u", "v", "_shape")
+    With ``codes=True`` quantized factors stay resident as their integer codes (dequantized by
+    the one dequantizer on each use, a few KB per layer); otherwise they are held in fp32."""
 
-    def __init__(self, factors: LowRank, device: torch.device | str | None = None) -> None:
-        u, v = factors.factors()
-        self.u = u.to(device).contiguous()
-        self.v = v.to(device).contiguous()
+    __slots__ = ("_u", "_v", "_shape")
+
+    def __init__(
+        self, factors: LowRank, device: torch.device | str | None = None, *, codes: bool = False
+    ) -> None:
+        if codes and factors.is_quantized:
+            self._u: torch.Tensor | QuantizedDelta = QuantizedDelta(factors.u, device)  # type: ignore[arg-type]
+            self._v: torch.Tensor | QuantizedDelta = QuantizedDelta(factors.v, device)  # type: ignore[arg-type]
+        else:
+            u, v = factors.factors()
+            self._u = u.to(device).contiguous()
+            self._v = v.to(device).contiguous()
         self._shape = torch.Size(factors.shape)
+
+    @property
+    def u(self) -> torch.Tensor:
+        """``U`` as fp32."""
+        return self._u.materialize() if isinstance(self._u, QuantizedDelta) else self._u
+
+    @property
+    def v(self) -> torch.Tensor:
+        """``V`` as fp32."""
+        return self._v.materialize() if isinstance(self._v, QuantizedDelta) else self._v
 
     @property
     def shape(self) -> torch.Size:
@@ -176,16 +195,19 @@ class LowRankDelta:
 
     @property
     def rank(self) -> int:
-        return int(self.u.shape[1])
+        return int(self._u.shape[1])
 
     def numel(self) -> int:
-        return self.u.numel() + self.v.numel()
+        return self._u.numel() + self._v.numel()
 
     def nbytes(self) -> int:
-        return 4 * self.numel()
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.u, self.v)
+        out: list[torch.Tensor] = []
+        for f in (self._u, self._v):
+            out.extend(f.tensors() if isinstance(f, QuantizedDelta) else (f,))
+        return tuple(out)
 
     def materialize(
         self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None

@@ -455,7 +455,7 @@ class Engine:
             held: dict[str, Delta] = {}
             for t, d in sig.deltas("factors").items():
                 if isinstance(d, LowRankDelta):
-                    held[t] = LowRankDelta(sig.factors[t], self.device)  # type: ignore[index]
+                    held[t] = LowRankDelta(sig.factors[t], self.device, codes=True)  # type: ignore[index]
                 elif isinstance(d, QuantizedDelta):
                     held[t] = QuantizedDelta(sig.codes[t], self.device)  # type: ignore[index]
                 else:
