@@ -16,7 +16,8 @@ def shorten(value: object, limit: int = 80) -> str:
     return f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
-def _bounded(message: object) -> str:
+def bounded(message: object) -> str:
+    """``message`` as text cut to :data:`MAX_MESSAGE` characters (saying how long it was)."""
     text = str(message)
     if len(text) <= MAX_MESSAGE:
         return text
@@ -40,7 +41,7 @@ class InvalidMixError(RWSError, ValueError):
     message is bounded (:data:`MAX_MESSAGE`)."""
 
     def __init__(self, message: object = "") -> None:
-        super().__init__(_bounded(message))
+        super().__init__(bounded(message))
 
 
 class RequestError(RWSError, ValueError):
@@ -48,5 +49,5 @@ class RequestError(RWSError, ValueError):
     message is bounded (:data:`MAX_MESSAGE`)."""
 
     def __init__(self, message: object, status: int = 400) -> None:
-        super().__init__(_bounded(message))
+        super().__init__(bounded(message))
         self.status = status

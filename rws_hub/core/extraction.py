@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rws_hub.core.formats import as_state_dict
-from rws_hub.core.layers import BN_COVERS, shallow_units, unit_params
+from rws_hub.core.layers import BN_COVERS, shallow_units
 from rws_hub.core.lineage import fingerprint
 from rws_hub.core.signature import Signature
 from rws_hub.errors import SignatureMismatchError
@@ -94,7 +94,10 @@ def extract(
     if stats not in ("project", "swap"):
         raise ValueError(f"stats must be 'project' or 'swap', got {stats!r}")
     sd_pre, sd_std, sd_c = (as_state_dict(m) for m in (pretrained, clean, robust))
-    names = list(params) if params is not None else unit_params(clean, layers, bn=bn)
+    units = shallow_units(clean, layers) if params is None else []
+    names = (
+        list(params) if params is not None else [n for u in units for n in u.tensors(sd_std, bn)]
+    )
     if not names:
         raise SignatureMismatchError("no tensors selected: the model has no conv layers")
     tensors: dict[str, torch.Tensor] = {}
@@ -125,7 +128,7 @@ def extract(
         "clean": fingerprint(sd_std),
         "robust": fingerprint(sd_c),
     }
-    if params is None and any(u.norm for u in shallow_units(clean, layers)):
+    if any(u.norm for u in units):
         prov["bn"] = {"covers": bn, "stats": stats}
     prov.update(provenance or {})
     return Signature(

@@ -25,11 +25,6 @@ BN_COVERS = ("none", "affine", "stats")
 shift and running statistics (mean and variance)."""
 
 
-def _trace_conv_order(model: nn.Module, size: int) -> list[str]:
-    """Names of the ``nn.Conv2d`` modules in the order a forward pass calls them."""
-    return _trace(model, size)[0]
-
-
 def _trace(model: nn.Module, size: int) -> tuple[list[str], dict[str, str]]:
     """Conv names in forward-call order, and ``{conv: batch norm}`` for every conv whose output
     a batch-norm layer takes directly as its input (a *unit*)."""
@@ -82,21 +77,27 @@ def _trace(model: nn.Module, size: int) -> tuple[list[str], dict[str, str]]:
 def conv_layers(model: nn.Module) -> list[str]:
     """Module names of the model's ``nn.Conv2d`` layers in forward order (see
     :func:`shallow_params` for the rule)."""
+    return _traced(model)[0]
+
+
+def _traced(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """:func:`_trace` with a (1, 3, 32, 32) probe, else (1, 3, 224, 224); when neither runs,
+    registration order (no pairs) with a warning. A model without convs has none."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return []
+        return [], {}
     errors = []
     for size in (32, 224):
         try:
-            return _trace_conv_order(model, size)
+            return _trace(model, size)
         except Exception as exc:  # the probe input may not fit this model; try the next size
             errors.append(f"{size}x{size}: {type(exc).__name__}: {exc}")
     warnings.warn(
         "could not trace a forward pass to order the conv layers ("
         + "; ".join(errors)
         + "); using registration order instead",
-        stacklevel=3,
+        stacklevel=4,
     )
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)], {}
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -149,20 +150,8 @@ def shallow_params(
         selected = layer_names if k is None else layer_names[:k]
         names = [n for m in selected for n in _names_for(m, modules[m])]
     else:
-        if isinstance(model_or_state_dict, (str, os.PathLike)):
-            sd: Mapping[str, torch.Tensor] = read("state_dict", model_or_state_dict)
-        elif isinstance(model_or_state_dict, Mapping):
-            sd = model_or_state_dict
-        else:
-            raise TypeError(
-                "shallow_params() takes an nn.Module, a state dict or a .safetensors path, "
-                f"not {type(model_or_state_dict).__name__}"
-            )
-        keys = list(sd)
-        if keys == sorted(keys):
-            # Plain lexicographic order is what safetensors' load_file returns; it would put
-            # "features.10" before "features.2". Use natural order instead.
-            keys = sorted(keys, key=_natural_key)
+        sd = _state_dict_of(model_or_state_dict)
+        keys = _ordered_keys(sd)
         layer_names = [
             n.removesuffix(".weight")
             for n in keys
@@ -219,17 +208,7 @@ def shallow_units(
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise ValueError(f"k must be a positive int or None, got {k!r}")
     if isinstance(model_or_state_dict, nn.Module):
-        pairs: dict[str, str] = {}
-        order: list[str] = []
-        if any(isinstance(m, nn.Conv2d) for m in model_or_state_dict.modules()):
-            for size in (32, 224):
-                try:
-                    order, pairs = _trace(model_or_state_dict, size)
-                    break
-                except Exception:  # the probe may not fit this model; try the next size
-                    continue
-            else:
-                order = conv_layers(model_or_state_dict)  # warns, registration order
+        order, pairs = _traced(model_or_state_dict)
         units = [Unit(c, pairs.get(c)) for c in order]
     else:
         sd = _state_dict_of(model_or_state_dict)
@@ -282,5 +261,7 @@ def _state_dict_of(obj: Mapping[str, torch.Tensor] | str | os.PathLike) -> Mappi
 
 
 def _ordered_keys(sd: Mapping[str, Any]) -> list[str]:
+    """The keys in registration order; plain lexicographic order (what safetensors' load_file
+    returns, "features.10" before "features.2") becomes natural order."""
     keys = list(sd)
     return sorted(keys, key=_natural_key) if keys == sorted(keys) else keys

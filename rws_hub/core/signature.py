@@ -431,5 +431,3 @@ def cosine(a: Signature, b: Signature) -> float:
         return 0.0
     return dot / (na * nb)
 
-
-_fmt_bytes = format_bytes  # old private name, until its last importer moves

@@ -47,8 +47,14 @@ from rws_hub.core.deltas import (
 )
 from rws_hub.core.mix import DEFAULT_MAX_ALPHA, Mix
 from rws_hub.core.signature import Signature
-from rws_hub.detect.detector import auto_patcher_from_folder
-from rws_hub.errors import InvalidMixError, RequestError, RWSError, SignatureMismatchError
+from rws_hub.detect import auto_patcher_from_folder
+from rws_hub.errors import (
+    InvalidMixError,
+    RequestError,
+    RWSError,
+    SignatureMismatchError,
+    shorten,
+)
 from rws_hub.io.folder import ModelFolder
 
 __all__ = ["AUTO", "Detector", "Engine", "MixLike", "default_device"]
@@ -402,8 +408,6 @@ class Engine:
         self._branched: frozenset[str] = frozenset()
         self._cache = _WeightCache(cache_bytes)
         for n in list(sigs):
-            self._check(sigs[n])
-        for n in list(sigs):
             self.add_signature(sigs.pop(n))
         del signatures
 
@@ -655,12 +659,7 @@ class Engine:
         bb = _tensor_bytes(backbone)
         own = {t.untyped_storage().data_ptr() for t in backbone}
         bases = [t for t in self._base.values() if t.untyped_storage().data_ptr() not in own]
-        deltas = [
-            t
-            for held in self._deltas.values()
-            for d in held.values()
-            for t in d.tensors()
-        ]
+        deltas = [t for held in self._deltas.values() for d in held.values() for t in d.tensors()]
         out = {
             "backbone": bb,
             "signatures": _tensor_bytes(deltas),
@@ -695,7 +694,7 @@ class Engine:
         detected: list[Any] | None = None,
     ) -> list[Mix]:
         """Parse every mix; run the detector on the ``"auto"`` rows. A detector with a
-        ``detect`` method (``rws_hub.detect.detector.AutoPatcher``) also reports what it saw: row i's
+        ``detect`` method (``rws_hub.detect.rules.AutoPatcher``) also reports what it saw: row i's
         ``detected[i]`` becomes its top classes and probabilities (when ``detected`` is given)."""
         parsed = [self.parse_mix(m) for m in mixes]
         auto = [i for i, m in enumerate(parsed) if m == AUTO]
@@ -805,12 +804,7 @@ class Engine:
     ) -> tuple[torch.Tensor, Sequence[MixLike]]:
         """``images`` checked and moved to the engine's device, dtype and memory format, and
         one mix per image."""
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
-        n = images.shape[0]
-        mixes = _per_image(mixes, n)
-        if len(mixes) != n:
-            raise ValueError(f"{n} images but {len(mixes)} mixes")
+        mixes = _per_image_checked(images, mixes)
         x = images.to(self.device, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -869,6 +863,20 @@ class Engine:
             unsorted[perm] = out
             out = unsorted
         return out
+
+    def _patched_or_error(self, mix: Mix) -> Any:
+        """:meth:`_patched`, or the :class:`RequestError` that answers the rows of a mix whose
+        weights cannot be built (a signature unloaded meanwhile: 400; an overflow: 422)."""
+        try:
+            return self._patched(mix)
+        except InvalidMixError as exc:
+            return RequestError(str(exc), 400)
+        except (RuntimeError, OverflowError, ValueError) as exc:
+            return RequestError(
+                f"the weights for mix {shorten(str(mix), 200)} cannot be built "
+                f"({shorten(str(exc), 200)}); lower the strengths",
+                422,
+            )
 
     def _plan_branches(
         self, keys: list[Mix], bounds: list[tuple[int, int]], n: int
@@ -936,12 +944,8 @@ class Engine:
         holding NaN/inf, 422 when its weights cannot be built or its output is not finite, e.g.
         strengths that overflow float32) while the other images are answered normally. No
         answer ever holds a non-finite number."""
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
+        mixes = _per_image_checked(images, mixes)
         n = images.shape[0]
-        mixes = _per_image(mixes, n)
-        if len(mixes) != n:
-            raise ValueError(f"{n} images but {len(mixes)} mixes")
         ks = [int(top_k)] * n if isinstance(top_k, int) else [int(k) for k in top_k]
         if len(ks) != n:
             raise ValueError(f"{n} images but {len(ks)} top_k values")
@@ -967,26 +971,15 @@ class Engine:
                     errors[i] = exc
         # Weights per distinct mix; a mix whose weights cannot be built fails its rows only.
         weights: dict[Mix, Any] = {}
-        for i in range(n):
-            m = parsed[i]
-            if errors[i] is not None or not isinstance(m, Mix) or m in weights or m.is_empty:
+        for i, m in enumerate(parsed):
+            if errors[i] is not None or not isinstance(m, Mix) or m.is_empty:
                 continue
-            try:
-                weights[m] = self._patched(m)
-            except InvalidMixError as exc:
-                weights[m] = RequestError(str(exc), 400)
-            except (RuntimeError, OverflowError, ValueError) as exc:
-                weights[m] = RequestError(
-                    f"the weights for mix {str(m)[:200]} cannot be built ({str(exc)[:200]}); "
-                    "lower the strengths",
-                    422,
-                )
-        for i in range(n):
-            w = weights.get(parsed[i]) if isinstance(parsed[i], Mix) else None
-            if errors[i] is None and isinstance(w, RequestError):
-                errors[i] = w
+            if m not in weights:
+                weights[m] = self._patched_or_error(m)
+            if isinstance(weights[m], RequestError):
+                errors[i] = weights[m]
         ok = [i for i in range(n) if errors[i] is None]
-        answers: list[dict[str, Any] | RequestError] = [e for e in errors]  # type: ignore[misc]
+        answers: list[dict[str, Any] | RequestError] = list(errors)  # type: ignore[arg-type]
         if not ok:
             return answers
         resolved = [parsed[i] for i in ok]
@@ -1064,6 +1057,19 @@ class MixedModel(nn.Module):
 def _is_auto(obj: Any) -> bool:
     """Whether a mix asks for the detector (``"auto"``, any case and spacing)."""
     return isinstance(obj, str) and obj.strip().lower() == AUTO
+
+
+def _per_image_checked(
+    images: torch.Tensor, mixes: Sequence[MixLike] | MixLike
+) -> Sequence[MixLike]:
+    """One mix per image, after checking ``images`` is (N, C, H, W) and the counts agree."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError("images must be a float tensor of shape (N, 3, H, W)")
+    n = images.shape[0]
+    mixes = _per_image(mixes, n)
+    if len(mixes) != n:
+        raise ValueError(f"{n} images but {len(mixes)} mixes")
+    return mixes
 
 
 def _per_image(mixes: Sequence[MixLike] | MixLike, n: int) -> Sequence[MixLike]:

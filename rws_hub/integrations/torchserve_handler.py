@@ -68,7 +68,7 @@ _archive_package_first()
 import torch  # noqa: E402
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
-from rws_hub.errors import MAX_MESSAGE, RequestError  # noqa: E402
+from rws_hub.errors import RequestError, bounded  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
 from rws_hub.inference.live import FolderWatcher  # noqa: E402
 from rws_hub.inference.parsing import InferenceRequest, RequestLimits, RequestParser  # noqa: E402
@@ -134,13 +134,6 @@ def is_describe_call(context: Any, data: Any) -> bool:
     except (AttributeError, IndexError, KeyError, TypeError):
         return False
     return _header(context, 0, "explain") is None
-
-
-def _bounded(message: str) -> str:
-    """An error message cut to :data:`rws_hub.errors.MAX_MESSAGE` characters."""
-    if len(message) <= MAX_MESSAGE:
-        return message
-    return message[: MAX_MESSAGE - 40] + f"… (message cut, {len(message)} characters)"
 
 
 def _is_kserve(row: Any) -> bool:
@@ -428,7 +421,7 @@ class RWSHandler(BaseHandler):
         # in characters, not bytes, so a non-ASCII phrase (an unknown name like "føg") corrupts
         # the worker protocol and the frontend drops the worker with the whole batch. The JSON
         # body keeps the (bounded) message.
-        message = _bounded(str(message))
+        message = bounded(message)
         phrase = message[:1000].encode("ascii", "backslashreplace").decode("ascii")
         phrase = "".join(c if " " <= c <= "~" else "?" for c in phrase)[:500]
         self.context.set_response_status(status, phrase, 0 if self._kserve else idx)

@@ -509,5 +509,3 @@ def _raw_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 register_format("state_dict", read=load_state_dict, write=save_state_dict)
 register_format("signature", read=load_signature, write=save_signature)
-
-_read_raw_header = read_raw_header  # old private name, until its last importer moves
