@@ -26,7 +26,7 @@ from rws_hub.core.mix import Mix
 from rws_hub.datasets import default_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
-from rws_hub.detect.detector import (
+from rws_hub.detect import (
     AutoPatcher,
     AutoRule,
     CachedPredictor,
@@ -153,7 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
         SECTION,
         "",
         'With `"signatures": "auto"` the server chooses the patch itself: a corruption detector '
-        "(`rws_hub/detect/detector.py`, shipped in the model folder as `detector.safetensors` + "
+        "(`rws_hub/detect/`, shipped in the model folder as `detector.safetensors` + "
         '`config["detector"]`) predicts, per image, probabilities over `clean` and the 19 '
         "corruptions, and a rule turns them into a mix. The answer reports both: "
         '`"mix"` (what was applied) and `"detected"` (the top 3 classes with probabilities).',

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rws_hub.zoo.entries import DEFAULT_ENTRY
+from rws_hub.cli.options import add_folder_argument
 
 UP_EPILOG = """examples:
   rws up                                   # embedded default (checkout); Ctrl-C stops both
@@ -76,14 +76,7 @@ def register(subparsers: Any) -> None:
 
 def _folder_arguments(p: argparse.ArgumentParser) -> None:
     """The model folder: a positional FOLDER or ``--model FOLDER`` (the same thing)."""
-    p.add_argument(
-        "folder",
-        nargs="?",
-        type=Path,
-        default=None,
-        help=f"model folder (default in a checkout: {DEFAULT_ENTRY.folder}, the embedded "
-        "default; an installed rws-hub needs a folder)",
-    )
+    add_folder_argument(p)
     p.add_argument("--model", type=Path, default=None, metavar="FOLDER", help="the same as FOLDER")
 
 

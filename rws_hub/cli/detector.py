@@ -70,7 +70,7 @@ def _config(folder: str | None) -> dict | None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from rws_hub.detect.detector import (
+    from rws_hub.detect import (
         DetectorTrainConfig,
         measure_cost,
         save_detector,
@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _install(folder: str | None, directory: str) -> None:
-    from rws_hub.detect.detector import load_detector
+    from rws_hub.detect import load_detector
     from rws_hub.io.folder import add_detector
 
     if not folder:
@@ -122,7 +122,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from rws_hub.datasets.arrays import load_images
     from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
-    from rws_hub.detect.detector import (
+    from rws_hub.detect import (
         CANDIDATE_RULES,
         AutoRule,
         choose_rule,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rws_hub.zoo.entries import DEFAULT_ENTRY
+from rws_hub.cli.options import add_folder_argument
 
 
 def register(subparsers: Any) -> None:
@@ -20,14 +20,7 @@ def register(subparsers: Any) -> None:
         "TorchServe on loopback, wait until the model is READY and print how to call it. "
         "Token authorization is on unless --no-auth. 'rws serve --stop' stops it.",
     )
-    p.add_argument(
-        "folder",
-        nargs="?",
-        type=Path,
-        default=None,
-        help=f"model folder (default in a checkout: {DEFAULT_ENTRY.folder}, the embedded "
-        "default; an installed rws-hub needs a folder)",
-    )
+    add_folder_argument(p)
     p.add_argument("--port", type=int, default=8080, help="inference port (default 8080)")
     p.add_argument("--management-port", type=int, default=8081, help="default 8081")
     p.add_argument("--metrics-port", type=int, default=8082, help="default 8082")

@@ -9,6 +9,7 @@ killed half way resumes from its last checkpoint. The export step writes the mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -21,8 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from rws_hub.archs import create_model
 from rws_hub.core.extraction import extract
+from rws_hub.core.quantization import parse_storage
 from rws_hub.core.signature import Signature
 from rws_hub.datasets import DatasetSpec, get_dataset
 from rws_hub.datasets.arrays import load_images
@@ -30,7 +31,7 @@ from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
 from rws_hub.io.folder import save_model_folder
 from rws_hub.zoo.entries import DEFAULT_ENTRY
 from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
-from rws_hub.zoo.training import TrainConfig, resolve_device, train
+from rws_hub.zoo.training import TrainConfig, build_model, resolve_device, train
 
 STEPS = ("pretrain", "clean", "robust", "extract", "evaluate", "export")
 
@@ -167,24 +168,14 @@ def _train_quietly(cfg: TrainConfig) -> str:
 
 def load_state_model(spec: ZooSpec, path: str | Path) -> nn.Module:
     """A model of the zoo's architecture with the state dict at ``path`` (safetensors)."""
-    data = spec.dataset_spec
-    model = create_model(
-        spec.architecture,
-        num_classes=data.num_classes,
-        width=spec.width,
-        mean=data.mean,
-        std=data.std,
-    )
-    model.load_state_dict(load_file(str(path)))
-    return model.eval()
+    return build_model(dataclasses.replace(spec.pretrain_config(), init=str(path))).eval()
 
 
-def quantize_signature(sig: Any, scheme: str) -> Any:
-    """Apply the zoo's storage choice: ``fp32``, ``int8``, ``int4`` or ``log8`` (per-channel)."""
-    if scheme == "fp32":
-        return sig
-    kind = "log" if scheme.startswith("log") else "linear"
-    return sig.quantize(bits=int(scheme[3:]), scheme=kind, granularity="channel")
+def quantize_signature(sig: Signature, storage: str) -> Signature:
+    """Apply the zoo's storage choice (``fp32``, ``int8``, ``int4``, ``log8``, any registered
+    ``<scheme><bits>``; see :func:`rws_hub.core.quantization.parse_storage`)."""
+    options = parse_storage(storage)
+    return sig if options is None else sig.quantize(**options)
 
 
 def eval_rows(

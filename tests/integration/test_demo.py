@@ -428,7 +428,7 @@ def test_auto_with_a_detector_shows_what_it_saw_and_applied(folder: Path, tmp_pa
     fog, the summary names what the detector saw, and the bars equal the engine's."""
     import shutil
 
-    from rws_hub.detect.detector import AutoRule, CorruptionDetector
+    from rws_hub.detect import AutoRule, CorruptionDetector
     from rws_hub.io.folder import add_detector
 
     root = tmp_path / "with-detector"

@@ -139,7 +139,7 @@ def test_weights_enum(hub_env: Path) -> None:
 
 
 def test_auto_patch_uses_the_folder_detector(built: Path, tmp_path: Path, monkeypatch) -> None:
-    from rws_hub.detect.detector import AutoRule, CorruptionDetector
+    from rws_hub.detect import AutoRule, CorruptionDetector
     from rws_hub.io.folder import add_detector
 
     root = tmp_path / "auto"
