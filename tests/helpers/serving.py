@@ -8,12 +8,15 @@ folder (:mod:`rws_hub.zoo.toy`), free loopback ports and a started server
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from rws_hub.launch import torchserve as serving
 from rws_hub.launch.client import b64, describe, session, worker_pids, workers
@@ -26,6 +29,8 @@ from rws_hub.zoo.toy import make_toy_folder as make_serving_folder
 
 __all__ = [
     "HAVE_TORCHSERVE",
+    "needs_server",
+    "running_server",
     "NAMES",
     "add_test_detector",
     "assert_same",
@@ -47,6 +52,22 @@ HAVE_TORCHSERVE = (
     shutil.which("java") is not None and (Path(sys.executable).parent / "torchserve").exists()
 )
 """Java 17 and the torchserve program are available (server tests skip otherwise)."""
+
+needs_server = pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve")
+"""Mark for tests that need a real TorchServe."""
+
+
+@contextlib.contextmanager
+def running_server(folder: Path, run_dir: Path, **options: Any) -> Iterator[serving.Server]:
+    """:func:`start_server` for a ``with`` block (a module fixture's body): skips without
+    TorchServe, and stops the server also when the block fails."""
+    if not HAVE_TORCHSERVE:
+        pytest.skip("needs Java 17 and torchserve")
+    srv = start_server(folder, run_dir, **options)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
 
 
 def start_server(folder: Path, run_dir: Path, name: str = "tiny", **options: Any) -> serving.Server:

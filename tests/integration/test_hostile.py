@@ -40,16 +40,16 @@ import numpy as np
 import pytest
 import requests
 import torch
+from helpers.images import big_png, encode, rgb
 from helpers.serving import (
-    HAVE_TORCHSERVE,
     b64,
     expected,
     make_serving_folder,
+    needs_server,
     png,
+    running_server,
     same_answer,
     session,
-    start_server,
-    stop_server,
     workers,
 )
 from PIL import Image
@@ -66,42 +66,12 @@ MAX_BODY = 8 * 1024 * 1024
 WAVE = 8
 BAD_PER_WAVE = 4
 
-needs_server = pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve")
-
 
 # --------------------------------------------------------------------------------------------
 # images
 
 
-def _enc(img: Image.Image, fmt: str, **kw: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _rgb(seed: int, size: tuple[int, int] = (40, 40)) -> Image.Image:
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(arr)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 @cache
-def bomb_png(width: int, height: int, depth: int = 8) -> bytes:
-    """A valid all-black grayscale PNG (small on the wire, huge decoded)."""
-    row = b"\0" * (1 + (width * depth + 7) // 8)
-    comp = zlib.compressobj(9)
-    parts = [comp.compress(row * min(256, height - i)) for i in range(0, height, 256)]
-    parts.append(comp.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", b"".join(parts))
-        + _chunk(b"IEND", b"")
-    )
 
 
 def float_tiff(fill: float | None = None, where: float = float("nan")) -> bytes:
@@ -111,12 +81,12 @@ def float_tiff(fill: float | None = None, where: float = float("nan")) -> bytes:
         arr[:] = fill
     else:
         arr[3, 4] = where
-    return _enc(Image.fromarray(arr, "F"), "TIFF")
+    return encode(Image.fromarray(arr, "F"), "TIFF")
 
 
 def bomb_gif() -> bytes:
     """A GIF whose logical screen and frame say 60000 x 60000 (a few bytes of data)."""
-    gif = bytearray(_enc(_rgb(1, (16, 16)).convert("P"), "GIF"))
+    gif = bytearray(encode(rgb(1, (16, 16)).convert("P"), "GIF"))
     gif[6:10] = struct.pack("<HH", 60000, 60000)
     pos = gif.index(b"\x2c")  # the image descriptor
     gif[pos + 5 : pos + 9] = struct.pack("<HH", 60000, 60000)
@@ -125,7 +95,7 @@ def bomb_gif() -> bytes:
 
 def bomb_tiff() -> bytes:
     """A TIFF whose header says 50000 x 50000 pixels."""
-    data = bytearray(_enc(_rgb(2, (16, 16)), "TIFF"))
+    data = bytearray(encode(rgb(2, (16, 16)), "TIFF"))
     img = Image.open(io.BytesIO(bytes(data)))
     assert img.size == (16, 16)
     # rewrite ImageWidth (256) and ImageLength (257) entries of the first IFD
@@ -149,8 +119,8 @@ def bad_crc_png() -> bytes:
 
 
 def apng() -> bytes:
-    frames = [_rgb(7), _rgb(8)]
-    return _enc(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    frames = [rgb(7), rgb(8)]
+    return encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
 
 
 GOOD = png(2025)
@@ -213,8 +183,8 @@ def cases(keys: dict[str, str]) -> list[Case]:  # noqa: PLR0915 - a catalogue
             out.append(Case(name, "images", "json", _with(data, top_k=3), status, match))
 
     # -- images ----------------------------------------------------------------------------
-    img("PNG bomb 40000x40000 1-bit", bomb_png(40000, 40000, 1), 413, "pixels", raw=True)
-    img("PNG 10000x10000", bomb_png(10000, 10000), 413, "pixels")
+    img("PNG bomb 40000x40000 1-bit", big_png(40000, 40000, 1), 413, "pixels", raw=True)
+    img("PNG 10000x10000", big_png(10000, 10000), 413, "pixels")
     img("GIF bomb 60000x60000", bomb_gif(), 413, "pixels")
     img("TIFF bomb 50000x50000", bomb_tiff(), 413, "pixels")
     img("float TIFF with a NaN pixel", float_tiff(), 400, "nan")
@@ -226,26 +196,26 @@ def cases(keys: dict[str, str]) -> list[Case]:  # noqa: PLR0915 - a catalogue
     img("float TIFF in [0, 1]", float_tiff(where=0.5), None)
     img(
         "mode I (32-bit) TIFF",
-        _enc(Image.fromarray(np.full((20, 20), 70000, np.int32)), "TIFF"),
+        encode(Image.fromarray(np.full((20, 20), 70000, np.int32)), "TIFF"),
         None,
     )
-    img("mode 1 (bilevel) PNG", _enc(_rgb(3).convert("1"), "PNG"), None)
-    img("mode LA PNG", _enc(_rgb(4).convert("LA"), "PNG"), None)
-    img("palette PNG with transparency", _enc(_rgb(5).convert("P"), "PNG", transparency=0), None)
-    img("mode LAB TIFF", _enc(_rgb(6).convert("LAB"), "TIFF"), None)
-    img("mode YCbCr JPEG", _enc(_rgb(7).convert("YCbCr"), "JPEG"), None)
-    img("mode I;16 TIFF", _enc(Image.fromarray(np.full((20, 20), 900, np.uint16)), "TIFF"), None)
+    img("mode 1 (bilevel) PNG", encode(rgb(3).convert("1"), "PNG"), None)
+    img("mode LA PNG", encode(rgb(4).convert("LA"), "PNG"), None)
+    img("palette PNG with transparency", encode(rgb(5).convert("P"), "PNG", transparency=0), None)
+    img("mode LAB TIFF", encode(rgb(6).convert("LAB"), "TIFF"), None)
+    img("mode YCbCr JPEG", encode(rgb(7).convert("YCbCr"), "JPEG"), None)
+    img("mode I;16 TIFF", encode(Image.fromarray(np.full((20, 20), 900, np.uint16)), "TIFF"), None)
     img("animated PNG", apng(), None)
-    img("ICO file", _enc(_rgb(9, (32, 32)), "ICO"), None)
+    img("ICO file", encode(rgb(9, (32, 32)), "ICO"), None)
     img("huge strip 30000x8", png(10, (30000, 8)), None)
     img("huge strip 8x30000", png(11, (8, 30000)), None)
     img("strip 4x30000 (side under 8)", png(12, (4, 30000)), 400, "smallest side")
     img("truncated PNG", GOOD[: len(GOOD) // 3], 400)
-    img("truncated JPEG", _enc(_rgb(13), "JPEG")[:150], 400)
-    img("truncated GIF", _enc(_rgb(14).convert("P"), "GIF")[:60], 400)
-    img("truncated TIFF", _enc(_rgb(15), "TIFF")[:300], 400)
-    img("truncated WebP", _enc(_rgb(16), "WEBP")[:40], 400)
-    img("truncated BMP", _enc(_rgb(17), "BMP")[:100], 400)
+    img("truncated JPEG", encode(rgb(13), "JPEG")[:150], 400)
+    img("truncated GIF", encode(rgb(14).convert("P"), "GIF")[:60], 400)
+    img("truncated TIFF", encode(rgb(15), "TIFF")[:300], 400)
+    img("truncated WebP", encode(rgb(16), "WEBP")[:40], 400)
+    img("truncated BMP", encode(rgb(17), "BMP")[:100], 400)
     img("PNG with a bad CRC", bad_crc_png(), None)
     img("PNG signature then garbage", b"\x89PNG\r\n\x1a\n" + os.urandom(300), 400)
     img("random bytes", np.random.default_rng(1).bytes(2000), 400, "not an image")
@@ -580,9 +550,7 @@ def engine(folder: Path) -> Engine:
 
 @pytest.fixture(scope="module")
 def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    if not HAVE_TORCHSERVE:
-        pytest.skip("needs Java 17 and torchserve")
-    srv = start_server(
+    with running_server(
         folder,
         tmp_path_factory.mktemp("serve"),
         batch_size=WAVE,
@@ -590,11 +558,8 @@ def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
         # bounds stragglers such as an 8 MB body still being read by the frontend
         max_body_bytes=MAX_BODY,
         settings={"max_alpha": math.inf, "threads": 1},
-    )
-    try:
+    ) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 def _send(srv: serving.Server, case: Case) -> tuple[int, str, str]:

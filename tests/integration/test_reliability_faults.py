@@ -22,16 +22,15 @@ from typing import Any
 import pytest
 import torch
 from helpers.serving import (
-    HAVE_TORCHSERVE,
     b64,
     describe,
     expected,
     make_serving_folder,
+    needs_server,
     png,
+    running_server,
     same_answer,
     session,
-    start_server,
-    stop_server,
     workers,
 )
 
@@ -42,8 +41,6 @@ from rws_hub.io.files import load_signature
 from rws_hub.io.folder import MANIFEST_FILE, ModelFolder, sha256_file
 from rws_hub.launch import torchserve as serving
 from rws_hub.launch.processes import pid_alive
-
-needs_server = pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve")
 
 GOOD_NAMES = ("gaussian_noise", "pixelate")  # the signatures left intact in the damaged folder
 
@@ -266,13 +263,9 @@ def test_damaged_folder_loads_the_rest(damaged) -> None:
 
 @pytest.fixture(scope="module")
 def server(damaged, tmp_path_factory: pytest.TempPathFactory):
-    if not HAVE_TORCHSERVE:
-        pytest.skip("needs Java 17 and torchserve")
-    srv = start_server(damaged.folder, tmp_path_factory.mktemp("serve"), max_batch_delay=20)
-    try:
+    run_dir = tmp_path_factory.mktemp("serve")
+    with running_server(damaged.folder, run_dir, max_batch_delay=20) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 @pytest.fixture(scope="module")

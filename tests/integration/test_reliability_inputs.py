@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import math
-import struct
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,17 +26,17 @@ import numpy as np
 import pytest
 import requests
 import torch
+from helpers.images import big_png, encode, rgb
 from helpers.serving import (
-    HAVE_TORCHSERVE,
     NAMES,
     b64,
     expected,
     make_serving_folder,
+    needs_server,
     png,
+    running_server,
     same_answer,
     session,
-    start_server,
-    stop_server,
     workers,
 )
 from hypothesis import HealthCheck, given, settings
@@ -55,77 +52,45 @@ from rws_hub.launch import torchserve as serving
 MAX_BODY = 512 * 1024
 """The handler's body limit in these tests (the frontend's is about 4/3 of it plus 64 KiB)."""
 
-needs_server = pytest.mark.skipif(not HAVE_TORCHSERVE, reason="needs Java 17 and torchserve")
-
 
 # --------------------------------------------------------------------------------------------
 # images, good and bad
 
 
-def _encode(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def _rgb(seed: int, size: tuple[int, int] = (40, 40)) -> Image.Image:
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(arr)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
 @cache
-def big_png(width: int, height: int, depth: int = 8) -> bytes:
-    """A valid all-black grayscale PNG of ``width`` x ``height``, written row by row (small on
-    the wire, huge when decoded)."""
-    row = b"\0" * (1 + (width * depth + 7) // 8)
-    comp = zlib.compressobj(9)
-    parts = [comp.compress(row * min(256, height - i)) for i in range(0, height, 256)]
-    parts.append(comp.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", b"".join(parts))
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def jpeg(seed: int) -> bytes:
-    return _encode(_rgb(seed, (64, 48)), "JPEG", quality=90)
+    return encode(rgb(seed, (64, 48)), "JPEG", quality=90)
 
 
 def gray_png() -> bytes:
-    return _encode(_rgb(11).convert("L"), "PNG")
+    return encode(rgb(11).convert("L"), "PNG")
 
 
 def cmyk_jpeg() -> bytes:
-    return _encode(_rgb(12).convert("CMYK"), "JPEG")
+    return encode(rgb(12).convert("CMYK"), "JPEG")
 
 
 def rgba_png() -> bytes:
     arr = np.random.default_rng(13).integers(0, 256, (36, 36, 4), dtype=np.uint8)
-    return _encode(Image.fromarray(arr, "RGBA"), "PNG")
+    return encode(Image.fromarray(arr, "RGBA"), "PNG")
 
 
 def png16() -> bytes:
     arr = (np.arange(48 * 48).reshape(48, 48) * 28).astype(np.uint16)
     img = Image.fromarray(arr)
     assert img.mode == "I;16"
-    return _encode(img, "PNG")
+    return encode(img, "PNG")
 
 
 def palette_png() -> bytes:
-    return _encode(_rgb(14).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG")
+    return encode(rgb(14).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG")
 
 
 def animated_gif() -> bytes:
-    frames = [_rgb(15), _rgb(16), _rgb(17)]
-    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    frames = [rgb(15), rgb(16), rgb(17)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,9 +293,9 @@ def catalogue() -> list[Case]:
         ("palette PNG", palette_png(), None, 10),
         ("animated GIF (first frame)", animated_gif(), {"pixelate": 0.3, "fog": 0.2}, 4),
         ("8x400 strip", png(5, (8, 400)), None, 1),
-        ("BMP", _encode(_rgb(18), "BMP"), None, 5),
-        ("WebP", _encode(_rgb(19), "WEBP"), None, 5),
-        ("TIFF", _encode(_rgb(20), "TIFF"), None, 5),
+        ("BMP", encode(rgb(18), "BMP"), None, 5),
+        ("WebP", encode(rgb(19), "WEBP"), None, 5),
+        ("TIFF", encode(rgb(20), "TIFF"), None, 5),
         ("subnormal alpha", GOOD, {"fog": 1e-320}, 5),
         ("zero alpha", GOOD, {"fog": 0.0}, 5),
     ]
@@ -389,15 +354,9 @@ def engine(folder: Path) -> Engine:
 
 @pytest.fixture(scope="module")
 def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    if not HAVE_TORCHSERVE:
-        pytest.skip("needs Java 17 and torchserve")
-    srv = start_server(
-        folder, tmp_path_factory.mktemp("serve"), max_batch_delay=150, max_body_bytes=MAX_BODY
-    )
-    try:
+    run_dir = tmp_path_factory.mktemp("serve")
+    with running_server(folder, run_dir, max_batch_delay=150, max_body_bytes=MAX_BODY) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 def _send(srv: serving.Server, case: Case) -> tuple[int, str, Any]:
@@ -805,7 +764,7 @@ def test_property_query_parameters(top_k: str, signatures: Any, ctype: str) -> N
 )
 def test_property_damaged_images(cut: int, flips: list, fmt: str) -> None:
     """Truncated or bit-flipped images decode to a valid tensor or are refused with a 4xx."""
-    data = bytearray(_encode(_rgb(3, (20, 16)), fmt))
+    data = bytearray(encode(rgb(3, (20, 16)), fmt))
     for pos, byte in flips:
         data[pos % len(data)] = byte
     data = data[: max(0, len(data) - cut)]

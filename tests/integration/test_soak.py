@@ -12,8 +12,7 @@ from helpers.serving import (
     HAVE_TORCHSERVE,
     add_test_detector,
     make_serving_folder,
-    start_server,
-    stop_server,
+    running_server,
     workers,
 )
 
@@ -34,11 +33,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(folder, tmp_path_factory.mktemp("serve"), max_batch_delay=5)
-    try:
+    with running_server(folder, tmp_path_factory.mktemp("serve"), max_batch_delay=5) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 def test_short_soak(server, folder) -> None:

@@ -25,6 +25,7 @@ from helpers.serving import (  # noqa: E402
     free_ports,
     make_serving_folder,
     png,
+    running_server,
     session,
     start_server,
     stop_server,
@@ -55,11 +56,8 @@ def engine(folder: Path) -> Engine:
 
 @pytest.fixture(scope="module")
 def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(folder, tmp_path_factory.mktemp("serve"))
-    try:
+    with running_server(folder, tmp_path_factory.mktemp("serve")) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 def random_mix(rng: random.Random):
