@@ -47,7 +47,7 @@ from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from rws_hub.core.extraction import extract  # noqa: E402
-from rws_hub.core.layers import conv_layers, shallow_params  # noqa: E402
+from rws_hub.core.layers import shallow_units, unit_params  # noqa: E402
 from rws_hub.core.patching import apply, patch, remove  # noqa: E402
 from rws_hub.core.seeding import seeded_generator  # noqa: E402
 from rws_hub.core.signature import Signature, cosine  # noqa: E402
@@ -64,6 +64,7 @@ SECTIONS: dict[str, str] = {
     "compose": "6. Composable: several signatures at once",
     "quant": "7. Lightweight: quantization and storage",
     "transfer": "8. Transferable: signatures on an updated backbone",
+    "bnstats": "9. Batch norm: what a signature carries of each unit's batch norm",
 }
 DEFAULT_SWEEP = ("gaussian_noise", "contrast", "fog", "pixelate", "jpeg_compression", "motion_blur")
 BATCH = 500  # the batch size (and seeding unit) of rws_hub.zoo.evaluation.accuracy
@@ -229,16 +230,26 @@ class Zoo:
             self._sigs[c] = Signature.load(self.work / "signatures" / f"{c}.safetensors")
         return self._sigs[c]
 
-    def fp32_signature(self, c: str, layers: int | None = None) -> Signature:
-        """The signature of ``c`` re-extracted in fp32 with ``layers`` (default the zoo's K)."""
+    def fp32_signature(
+        self, c: str, layers: int | None = None, bn: str = "stats", stats: str = "project"
+    ) -> Signature:
+        """The signature of ``c`` re-extracted in fp32 with ``layers`` units (default the zoo's
+        K); ``bn`` and ``stats`` as in :func:`rws_hub.core.extraction.extract`."""
         return extract(
             self.state("pretrain"),
-            self.state("clean"),
+            self.backbone,  # a module: its units are traced (never patched at this point)
             self.state(c),
             name=c,
             layers=layers or self.spec.layers,
             architecture=self.spec.architecture,
+            bn=bn,
+            stats=stats,
         )
+
+    @property
+    def has_bn(self) -> bool:
+        """Whether the backbone's units have batch norms."""
+        return any(u.norm for u in shallow_units(self.backbone, None))
 
     @property
     def full_bytes(self) -> int:
@@ -264,6 +275,7 @@ class Zoo:
             "corruptions": self.corruptions,
             "sweep": self.sweep,
             "test_images": len(self.test),
+            "batch_norm": self.has_bn,
             "data": s.data,
             "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
@@ -429,11 +441,13 @@ def _f(x: float | None, digits: int = 1) -> str:
 
 
 def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """``[(label, tensor names)]``: the conv layers in forward order, then the classifier."""
+    """``[(label, tensor names)]``: the units in forward order (a conv's weight and bias, and its
+    batch norm's scale and shift), then the classifier."""
     modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
     groups = []
-    for i, name in enumerate(conv_layers(model), 1):
-        groups.append((f"conv{i}", [f"{name}.{p}" for p, _ in modules[name].named_parameters()]))
+    for i, unit in enumerate(shallow_units(model, None), 1):
+        groups.append((f"conv{i}", unit.tensors(params, "affine")))
     for name, m in modules.items():
         if isinstance(m, nn.Linear):
             groups.append(("fc", [f"{name}.{p}" for p, _ in m.named_parameters()]))
@@ -720,11 +734,11 @@ def render_alpha(r: dict[str, Any]) -> str:
 
 
 def section_depth(z: Zoo, png: Path) -> dict[str, Any]:
-    """RA gain, TA and storage against K = 1..all conv layers (fp32 re-extraction)."""
+    """RA gain, TA and storage against K = 1..all units (fp32 re-extraction)."""
     model = z.backbone
-    n_conv = len(conv_layers(model))
+    n_conv = len(shallow_units(model, None))
     ks = list(range(1, n_conv + 1))
-    names_at = {k: shallow_params(model, k) for k in ks}
+    names_at = {k: unit_params(model, k) for k in ks}
     base_ta = z.baseline("ta")
     gain: dict[str, list[float]] = {}
     ta: dict[str, list[float]] = {}
@@ -759,7 +773,7 @@ def section_depth(z: Zoo, png: Path) -> dict[str, Any]:
     ax0.plot(ks, mean_ta - base_ta, "k--", lw=1.5, label="mean TA change")
     ax0.axhline(0, color="grey", lw=0.8)
     ax0.axvline(z.spec.layers, color="grey", ls=":", lw=1)
-    ax0.set(xlabel="K (first K conv layers)", ylabel="accuracy change (points)")
+    ax0.set(xlabel="K (first K units)", ylabel="accuracy change (points)")
     ax0.set_title("RA gain over θ_std (α = 1) against K")
     ax0.set_xticks(ks)
     ax0.legend(fontsize=8)
@@ -1196,6 +1210,123 @@ def render_transfer(r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# 9. batch norm
+
+BN_TREATMENTS: dict[str, dict[str, str]] = {
+    "conv only": {"bn": "none"},
+    "+ BN scale/shift, clean statistics": {"bn": "affine"},
+    "+ statistics as projected deltas": {"bn": "stats", "stats": "project"},
+    "+ robust statistics swapped in": {"bn": "stats", "stats": "swap"},
+}
+"""What a signature can carry of each covered unit's batch norm (``extract``'s ``bn``/``stats``).
+"Clean statistics" leaves the running mean and variance as the backbone has them; "projected"
+treats them like every other tensor (α-scaled, τ_c without its component along τ_std);
+"swapped" carries θ_c − θ_std, so α = 1 puts the robust model's statistics in."""
+
+
+def section_bnstats(z: Zoo, png: Path) -> dict[str, Any]:
+    """Patched RA and TA of the fp32 signature (α = 1, the zoo's K) under each treatment of
+    the batch norms, for every corruption, with θ_std and θ_c for reference."""
+    if not z.has_bn:
+        raise SystemExit(f"{z.spec.architecture} has no batch norm: section 9 does not apply")
+    model = z.backbone
+    base_ta = z.baseline("ta")
+    ra: dict[str, dict[str, float]] = {t: {} for t in BN_TREATMENTS}
+    ta: dict[str, dict[str, float]] = {t: {} for t in BN_TREATMENTS}
+    std_ra, rob_ra, rob_ta = {}, {}, {}
+    for c in z.corruptions:
+        std_ra[c] = z.baseline("ra", c)
+        robust = z.model(c)
+        rob_ra[c], rob_ta[c] = z.acc(robust, c), z.acc(robust)
+        for label, how in BN_TREATMENTS.items():
+            sig = z.fp32_signature(c, **how)
+            with patch(model, {sig: 1.0}):
+                ra[label][c], ta[label][c] = z.acc(model, c), z.acc(model)
+        print(f"[results] bnstats {c}: " + ", ".join(f"{ra[t][c]:.1f}" for t in ra), flush=True)
+    cs = z.corruptions
+    robust_gain = float(np.mean([rob_ra[c] - std_ra[c] for c in cs]))
+    summary = {}
+    for label in BN_TREATMENTS:
+        gain = float(np.mean([ra[label][c] - std_ra[c] for c in cs]))
+        summary[label] = {
+            "mean_ra": float(np.mean([ra[label][c] for c in cs])),
+            "mean_ta": float(np.mean([ta[label][c] for c in cs])),
+            "gain": gain,
+            "share": gain / robust_gain if robust_gain else None,
+            "worse_than_std": sum(ra[label][c] < std_ra[c] for c in cs),
+        }
+    best = max(summary, key=lambda t: (summary[t]["mean_ra"], summary[t]["mean_ta"]))
+
+    fig, ax = plt.subplots(figsize=(13, 5))
+    xs = np.arange(len(cs))
+    w = 0.8 / (len(BN_TREATMENTS) + 2)
+    bars = [("θ_std", [std_ra[c] for c in cs]), ("θ_c (dedicated)", [rob_ra[c] for c in cs])]
+    bars += [(label, [ra[label][c] for c in cs]) for label in BN_TREATMENTS]
+    for i, (label, vals) in enumerate(bars):
+        ax.bar(
+            xs + (i - len(bars) / 2 + 0.5) * w, vals, w, label=label, color=_colors(len(bars))[i]
+        )
+    ax.set_xticks(xs, [_short(c) for c in cs], rotation=45, ha="right")
+    ax.set(ylabel="robust accuracy (%)", ylim=(0, 105))
+    ax.set_title(f"RA with the signature (α = 1, K = {z.spec.layers}) by what it carries of BN")
+    ax.legend(ncol=3, fontsize=8, loc="upper center")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, png)
+    return {
+        "treatments": {t: dict(h) for t, h in BN_TREATMENTS.items()},
+        "ra": ra,
+        "ta": ta,
+        "std_ta": base_ta,
+        "std_ra": std_ra,
+        "robust_ra": rob_ra,
+        "robust_ta": rob_ta,
+        "robust_gain_mean": robust_gain,
+        "summary": summary,
+        "best": best,
+    }
+
+
+def render_bnstats(r: dict[str, Any]) -> str:
+    n = len(r["std_ra"])
+    cs = list(r["std_ra"])
+    lines = [
+        f"Means over {n} corruptions, fp32 signatures re-extracted with the zoo's K = "
+        f"{r['setup']['layers']} units, α = 1, {r['setup']['test_images']} test images. Gain "
+        "share: the signature's mean RA gain over θ_std as a share of the dedicated models'.",
+        "",
+        "| what the signature carries of BN | mean RA | mean TA | RA gain | gain share "
+        "| corruptions worse than θ_std |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| nothing (θ_std) | {np.mean(list(r['std_ra'].values())):.1f} | {r['std_ta']:.1f} "
+        "| | | |",
+        f"| θ_c (dedicated models) | {np.mean(list(r['robust_ra'].values())):.1f} "
+        f"| {np.mean(list(r['robust_ta'].values())):.1f} | {r['robust_gain_mean']:+.1f} | 100% | |",
+    ]
+    for label, s in r["summary"].items():
+        bold = "**" if label == r["best"] else ""
+        share = f"{100 * s['share']:.0f}%" if s["share"] is not None else "–"
+        lines.append(
+            f"| {bold}{label}{bold} | {s['mean_ra']:.1f} | {s['mean_ta']:.1f} | {s['gain']:+.1f} "
+            f"| {share} | {s['worse_than_std']} |"
+        )
+    lines += [
+        "",
+        "Per corruption, RA (TA) in %:",
+        "",
+        "| corruption | θ_std | θ_c | " + " | ".join(r["summary"]) + " |",
+        "| --- |" + " ---: |" * (2 + len(r["summary"])),
+    ]
+    for c in cs:
+        cells = [f"{r['ra'][t][c]:.1f} ({r['ta'][t][c]:.1f})" for t in r["summary"]]
+        lines.append(
+            f"| {c} | {r['std_ra'][c]:.1f} | {r['robust_ra'][c]:.1f} ({r['robust_ta'][c]:.1f}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # the report
 
 CLAIMS: dict[str, str] = {
@@ -1214,12 +1345,22 @@ CLAIMS: dict[str, str] = {
     "several corruptions in one model.",
     "quant": "Lightweight: with quantization a signature is up to 13× smaller than a full copy "
     "of the weights, without losing its robustness.",
+    "bnstats": "On batch-norm networks the corruption shifts the batch-norm statistics; the "
+    "published ResNet scripts re-estimate them on corrupted data. (Not a claim of the paper: "
+    "which treatment of the statistics a signature should carry is this project's question.)",
     "transfer": "Transferable: signatures of one corruption are consistent across data sets, "
     "and remain effective patches on other models fine-tuned from the same θ_pre — on another "
     "data set, or when the clean backbone is continually adapted or updated.",
 }
 
 WHY: dict[str, str] = {
+    "bnstats": "Each θ_c is fine-tuned on batches that are {pct:.0f}% corrupted, so its running "
+    "statistics are those of that mix; the covered units' statistics are what moves most under "
+    "a corruption (the mean and variance of the first feature maps follow the image "
+    "statistics directly). Running statistics are not trained weights, so projecting out their "
+    "clean component has no principled reason; 'swap' carries the robust statistics as they "
+    "are. The variance delta is a difference floored at 0 by the kernel. Measured on "
+    "{images} test images (one image = {img:.2f} points).",
     "main": "The paper fine-tunes full-width VGG-16 from ImageNet weights for 50 epochs per "
     "model; this zoo (CPU budget) uses a half-width VGG-16 whose θ_pre is trained on CIFAR-10 "
     "itself for {pretrain}, and fine-tunes each θ_c for only {robust} on a {pct:.0f}/{rest:.0f} "
@@ -1270,6 +1411,7 @@ WHY: dict[str, str] = {
 }
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "bnstats": render_bnstats,
     "main": render_main,
     "layers": render_layers,
     "cosine": render_cosine,
@@ -1281,6 +1423,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 RUN: dict[str, Callable[[Zoo, Path], dict[str, Any]]] = {
+    "bnstats": section_bnstats,
     "main": section_main,
     "layers": section_layers,
     "cosine": section_cosine,
@@ -1398,6 +1541,15 @@ def _verdict(key: str, r: dict[str, Any]) -> str:
             else "Not reproduced"
         )
         return f"{how}: mean RA gain {t:+.1f} on the updated backbone vs {i:+.1f} in-domain."
+    if key == "bnstats":
+        b, s = r["best"], r["summary"]
+        conv = s["conv only"]
+        return (
+            f"Best by mean RA: {b} ({s[b]['mean_ra']:.1f} RA, {s[b]['mean_ta']:.1f} TA, "
+            f"{100 * (s[b]['share'] or 0):.0f}% of the dedicated models' gain); the conv weights "
+            f"alone give {conv['mean_ra']:.1f} RA and leave {conv['worse_than_std']} corruptions "
+            "worse than no patch."
+        )
     return ""
 
 
@@ -1456,7 +1608,13 @@ def _split_sections(text: str) -> list[tuple[str, str]]:
     return out
 
 
-OWN_HEADINGS = ("## Setup", "## Not yet run", *(f"## {t}" for t in SECTIONS.values()))
+OTHER_ENTRIES = "## Other zoo entries"
+OWN_HEADINGS = (
+    "## Setup",
+    "## Not yet run",
+    OTHER_ENTRIES,
+    *(f"## {t}" for t in SECTIONS.values()),
+)
 
 
 def preserved(doc: Path, out: Path) -> str:
@@ -1506,6 +1664,53 @@ def _images_line(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _setup_line(s: dict[str, Any]) -> str:
+    unit = "units (conv + batch norm)" if s.get("batch_norm") else "conv layers"
+    return (
+        f"- Zoo `{s['zoo']}`: {s['architecture']} at width {s['width']:g} "
+        f"({s['params'] / 1e6:.2f} M parameters), θ_pre trained on CIFAR-10 for "
+        f"{_epochs(s['pretrain_epochs'])}; θ_std = θ_pre + {_epochs(s['clean_epochs'])} of "
+        f"clean fine-tuning; θ_c = θ_pre + {_epochs(s['robust_epochs'])} on batches "
+        f"{100 * s['corrupt_fraction']:.0f}% corrupted (severity {s['severity']}), "
+        f"lr {s['finetune_lr']:g}. Signatures: first K = {s['layers']} {unit}, stored "
+        f"{s['quantization']} per channel."
+    )
+
+
+def other_entries(out: Path, doc: Path) -> list[str]:
+    """The section on the other zoo entries measured into ``<out>/<entry>/``: each one's setup,
+    main table and (batch-norm networks) the batch-norm comparison, with a link to its report."""
+    entries = sorted(p.parent for p in out.glob("*/main.json"))
+    if not entries:
+        return []
+    lines = [
+        OTHER_ENTRIES,
+        "",
+        "Measured with the same script on each entry's own work folder (`--work`, `--folder`, "
+        "`--out docs/results/<entry>`, `--doc docs/results/<entry>/README.md`); the full "
+        "report of an entry is linked under its name.",
+        "",
+    ]
+    for d in entries:
+        main = json.loads((d / "main.json").read_text())
+        s = main["setup"]
+        report = d / "README.md"
+        title = f"### `{s['zoo']}`"
+        if report.exists():
+            rel = os.path.relpath(report, doc.parent).replace(os.sep, "/")
+            title += f" ([full report]({rel}))"
+        lines += [title, "", _setup_line(s), "", f"**Main table.** {render_main(main)}", ""]
+        if (d / "bnstats.json").exists():
+            bn = json.loads((d / "bnstats.json").read_text())
+            lines += [
+                f"**{SECTIONS['bnstats'].split('. ', 1)[1]}.** {render_bnstats(bn)}",
+                "",
+                _verdict("bnstats", bn),
+                "",
+            ]
+    return lines
+
+
 def write_doc(out: Path, doc: Path) -> str:
     """Regenerate the report from every ``<out>/<section>.json`` present."""
     results = {
@@ -1529,13 +1734,7 @@ def write_doc(out: Path, doc: Path) -> str:
     if setup:
         s = setup
         lines += [
-            f"- Zoo `{s['zoo']}`: {s['architecture']} at width {s['width']:g} "
-            f"({s['params'] / 1e6:.2f} M parameters), θ_pre trained on CIFAR-10 for "
-            f"{_epochs(s['pretrain_epochs'])}; θ_std = θ_pre + {_epochs(s['clean_epochs'])} of "
-            f"clean fine-tuning; θ_c = θ_pre + {_epochs(s['robust_epochs'])} on batches "
-            f"{100 * s['corrupt_fraction']:.0f}% corrupted (severity {s['severity']}), "
-            f"lr {s['finetune_lr']:g}. Signatures: first K = {s['layers']} conv layers, stored "
-            f"{s['quantization']} per channel.",
+            _setup_line(s),
             f"- {len(s['corruptions'])} corruptions; sweeps (sections 4–7) use "
             f"{', '.join(s['sweep'])}.",
             _images_line(results),
@@ -1546,6 +1745,9 @@ def write_doc(out: Path, doc: Path) -> str:
     missing = []
     for key, title in SECTIONS.items():
         lines += [f"## {title}", ""]
+        if key == "bnstats" and key not in results and setup and not setup.get("batch_norm"):
+            lines += [f"Does not apply: {setup['architecture']} has no batch norm.", ""]
+            continue
         if key not in results:
             missing.append(key)
             lines += [
@@ -1570,6 +1772,7 @@ def write_doc(out: Path, doc: Path) -> str:
             f"**Difference and why.** {_why(key, r)}",
             "",
         ]
+    lines += other_entries(out, doc)
     if missing:
         lines += ["## Not yet run", ""]
         lines += [f"- {SECTIONS[k]}: `{command(k, None)}`" for k in missing]
@@ -1594,6 +1797,8 @@ def run_sections(
     z = zoo or Zoo(args)
     done = {}
     for key in keys:
+        if key == "bnstats" and not z.has_bn and getattr(args, "_all", False):
+            continue  # `all` on a network without batch norm
         t0 = time.time()
         print(f"[results] {key} ...", flush=True)
         res = RUN[key](z, out / f"{key}.png")
@@ -1631,6 +1836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys: list[str] = []
     for name in args.section:
         keys += list(SECTIONS) if name == "all" else [] if name == "doc" else [name]
+    args._all = "all" in args.section
     if keys:
         run_sections(args, list(dict.fromkeys(keys)))
     else:

@@ -261,7 +261,13 @@ def _state_dict_of(obj: Mapping[str, torch.Tensor] | str | os.PathLike) -> Mappi
 
 
 def _ordered_keys(sd: Mapping[str, Any]) -> list[str]:
-    """The keys in registration order; plain lexicographic order (what safetensors' load_file
-    returns, "features.10" before "features.2") becomes natural order."""
+    """The keys in registration order. A file's order (safetensors writes names sorted within
+    each dtype: "features.10" before "features.2", batch norms' int64 counters apart) is not
+    registration order: such keys are put in natural order instead."""
     keys = list(sd)
-    return sorted(keys, key=_natural_key) if keys == sorted(keys) else keys
+    groups: dict[Any, list[str]] = {}
+    for k in keys:
+        groups.setdefault(getattr(sd[k], "dtype", None), []).append(k)
+    if all(g == sorted(g) for g in groups.values()):
+        return sorted(keys, key=_natural_key)
+    return keys

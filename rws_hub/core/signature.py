@@ -430,4 +430,3 @@ def cosine(a: Signature, b: Signature) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return dot / (na * nb)
-

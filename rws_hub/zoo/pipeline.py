@@ -236,7 +236,9 @@ class ZooBuilder:
         out = self.work / "signatures"
         out.mkdir(parents=True, exist_ok=True)
         pre = load_file(str(self.work / "pretrain/final.safetensors"))
-        clean = load_file(str(self.work / "clean/final.safetensors"))
+        # a module, not the file's state dict: its units are traced in forward order (a file
+        # keeps no registration order to pair convs with their batch norms)
+        clean = load_state_model(self.spec, self.work / "clean/final.safetensors")
         paths = {}
         for c in self.spec.corruptions:
             path = out / f"{c}.safetensors"

@@ -72,8 +72,6 @@ BAD_PER_WAVE = 4
 
 
 @cache
-
-
 def float_tiff(fill: float | None = None, where: float = float("nan")) -> bytes:
     """A 32-bit float (mode F) TIFF in [0, 1]; one pixel set to ``where`` (or all to ``fill``)."""
     arr = np.random.default_rng(5).random((24, 24), dtype=np.float32)

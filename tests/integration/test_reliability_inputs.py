@@ -58,8 +58,6 @@ MAX_BODY = 512 * 1024
 
 
 @cache
-
-
 def jpeg(seed: int) -> bytes:
     return encode(rgb(seed, (64, 48)), "JPEG", quality=90)
 

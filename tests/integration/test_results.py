@@ -220,9 +220,13 @@ def test_transfer(report: Path) -> None:
 
 def test_report_has_every_section_and_keeps_foreign_text(report: Path) -> None:
     text = (report / "results.md").read_text()
-    for title in R.SECTIONS.values():
+    for key, title in R.SECTIONS.items():
         assert text.count(f"## {title}") == 1
-        assert f"![{title}](results/" in text
+        if key != "bnstats":
+            assert f"![{title}](results/" in text
+    # `all` skips the batch-norm section on a network without batch norm, and says why
+    assert not (report / "results" / "bnstats.json").exists()
+    assert "Does not apply: vgg16_cifar has no batch norm." in text
     assert "stale" not in text and "Not yet run" not in text
     assert text.count("Detector text 42.") == 1 and "<!-- auto-patch -->" in text
     assert "## Notes by someone else\n\nkeep me" in text
@@ -248,3 +252,64 @@ def test_report_lists_sections_not_run_and_prefers_side_file(report: Path, tmp_p
     # regenerating twice gives the same page
     R.main(["doc", "--out", str(out), "--doc", str(doc)])
     assert doc.read_text() == text
+
+
+@pytest.fixture(scope="module")
+def bn_zoo(tiny_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny VGG-16-BN zoo (2 corruptions, K = 3 units)."""
+    root = tmp_path_factory.mktemp("results_bn_zoo")
+    spec = ZooSpec(
+        name="tiny-bn",
+        architecture="vgg16_bn_cifar",
+        data=str(tiny_cifar),
+        work=str(root / "work"),
+        export=str(root / "folder"),
+        width=0.125,
+        pretrain_epochs=1,
+        clean_epochs=0.5,
+        robust_epochs=0.5,
+        corruptions=["fog", "contrast"],
+        layers=3,
+        eval_limit=64,
+        jobs=1,
+    )
+    ZooBuilder(spec, progress=False).run()
+    return {"work": root / "work", "folder": root / "folder", "root": root}
+
+
+def test_batch_norm_entry_sections(bn_zoo: dict[str, Path], report: Path, tmp_path: Path) -> None:
+    """On a batch-norm zoo: units in the layer and depth sections, the four treatments of the
+    statistics, and the entry summarized in the main report under "Other zoo entries"."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "main.json").write_text((report / "results" / "main.json").read_text())
+    entry = out / "tiny-bn"
+    args = ["--work", str(bn_zoo["work"]), "--folder", str(bn_zoo["folder"]), "--out", str(entry)]
+    args += ["--doc", str(entry / "README.md"), "--limit", "64", "--sweep", "fog,contrast"]
+    assert R.main(["main", "layers", "depth", "bnstats", *args, "--threads", "1"]) == 0
+    r = json.loads((entry / "bnstats.json").read_text())
+    assert r["setup"]["batch_norm"] is True
+    assert list(r["summary"]) == list(R.BN_TREATMENTS)
+    z = R.Zoo(R.build_parser().parse_args(["main", *args]))
+    model = z.backbone
+    for label, how in R.BN_TREATMENTS.items():
+        sig = z.fp32_signature("fog", **how)
+        has_stats = any(n.endswith("running_var") for n in sig.tensors)
+        has_affine = any(n.startswith("features.1.") for n in sig.tensors)
+        assert has_stats == (how["bn"] == "stats") and has_affine == (how["bn"] != "none")
+        with patch(model, {sig: 1.0}):
+            assert z.acc(model, "fog") == r["ra"][label]["fog"]
+    summary = r["summary"]["+ robust statistics swapped in"]
+    assert summary["mean_ra"] == pytest.approx(
+        sum(r["ra"]["+ robust statistics swapped in"].values()) / 2
+    )
+    depth = json.loads((entry / "depth.json").read_text())
+    assert depth["ks"] == list(range(1, 14))  # 13 units, one per conv
+    layers = json.loads((entry / "layers.json").read_text())
+    assert layers["layers"][:2] == ["conv1", "conv2"]
+    # the main report lists the entry, with its main table and the comparison
+    text = R.write_doc(out, tmp_path / "results.md")
+    assert text.count("## Other zoo entries") == 1
+    assert "### `tiny-bn` ([full report](results/tiny-bn/README.md))" in text
+    assert "+ robust statistics swapped in" in text
+    assert R.write_doc(out, tmp_path / "results.md") == text

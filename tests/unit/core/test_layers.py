@@ -9,6 +9,7 @@ from torch import nn
 
 from rws_hub import conv_layers, shallow_params
 from rws_hub.archs import create_model
+from rws_hub.core.layers import Unit, shallow_units, unit_params
 from rws_hub.io.files import save_state_dict
 
 
@@ -161,3 +162,17 @@ def test_state_dict_order_survives_safetensors(tmp_path) -> None:
     net = ReorderedNet()
     save_state_dict(net.state_dict(), tmp_path / "r.safetensors")
     assert shallow_params(tmp_path / "r.safetensors", 1) == ["late.weight"]
+
+
+def test_plain_safetensors_of_a_bn_network_pairs_like_the_module(tmp_path) -> None:
+    """safetensors' own order sorts names within each dtype (the batch norms' int64 counters
+    apart), so it is not registration order either: units still pair as on the module."""
+    from safetensors.torch import load_file, save_file
+
+    m = create_model("vgg16_bn_cifar", width=0.125)
+    save_file(m.state_dict(), str(tmp_path / "bn.safetensors"))
+    sd = load_file(str(tmp_path / "bn.safetensors"))
+    assert list(sd) != sorted(sd)  # the int64 counters are grouped apart
+    assert shallow_units(sd, 13) == shallow_units(m, 13)
+    assert shallow_units(sd, 2)[1] == Unit("features.3", "features.4")
+    assert unit_params(sd, 4) == unit_params(m, 4)

@@ -197,7 +197,10 @@ def test_classify(engine):
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
     assert {p["class"] for p in answers[1]["predictions"]} == set(get_dataset("cifar10").classes)
     logits = engine.predict(x, [{"fog": 1.0}, None, "contrast"])
-    assert answers[0]["predictions"][0]["class"] == get_dataset("cifar10").classes[int(logits[0].argmax())]
+    assert (
+        answers[0]["predictions"][0]["class"]
+        == get_dataset("cifar10").classes[int(logits[0].argmax())]
+    )
 
 
 def test_cache_is_bounded_and_reused(setup):
