@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from rws_hub.zoo.entries import DEFAULT_ENTRY
+from rws_hub.zoo.entries import DEFAULT_ENTRY, ENTRIES
 from rws_hub.zoo.pipeline import STEPS, ZooBuilder, ZooSpec
 
 EPILOG = f"""The embedded default {DEFAULT_ENTRY.folder} is rebuilt with:
   rws zoo build --jobs 2
+Another registered entry ({", ".join(e for e in ENTRIES if e != DEFAULT_ENTRY.name) or "none"}) with its recipe:
+  rws zoo build --name ENTRY
+Any option overrides the entry's recipe; an unregistered --name starts from the defaults shown.
 Each step is skipped when its output exists and resumes from its checkpoint when killed; run
 the same command again to continue. Run only some steps with --steps, e.g.
   rws zoo build --steps extract,evaluate,export
@@ -32,7 +35,8 @@ def _parse_value(name: str, raw: str):
 
 def _build(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name, None) for f in fields(ZooSpec)}
-    spec = ZooSpec(**{k: _parse_value(k, str(v)) for k, v in given.items() if v is not None})
+    options = {k: _parse_value(k, str(v)) for k, v in given.items() if v is not None}
+    spec = ZooSpec.for_entry(options.pop("name", None), **options)
     steps = tuple(s for s in args.steps.split(",") if s)
     unknown = set(steps) - set(STEPS)
     if unknown:

@@ -9,7 +9,9 @@ derived from these definitions. Plain data: importing this module is cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 #: Environment variable: a model folder that replaces the default entry's folder.
 FOLDER_ENV = "RWS_HUB_FOLDER"
@@ -29,6 +31,9 @@ class ZooEntry:
     repo_id: str  # hub model repository
     summary: str  # one line: what the model is
     env: str | None = None  # environment variable that overrides the folder
+    #: ``rws zoo build`` options of this entry that differ from the pipeline's defaults
+    #: (:class:`rws_hub.zoo.pipeline.ZooSpec` field names).
+    recipe: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def folder(self) -> str:

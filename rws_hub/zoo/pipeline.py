@@ -29,7 +29,7 @@ from rws_hub.datasets import DatasetSpec, get_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
 from rws_hub.io.folder import save_model_folder
-from rws_hub.zoo.entries import DEFAULT_ENTRY
+from rws_hub.zoo.entries import DEFAULT_ENTRY, STORE_DIR, get_entry
 from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
 from rws_hub.zoo.training import TrainConfig, build_model, resolve_device, train
 
@@ -62,12 +62,34 @@ class ZooSpec:
     severity: int = 5
     corruptions: list[str] = field(default_factory=_all_corruptions)
     layers: int = 7
+    bn_stats: str = "project"  # batch-norm running statistics in signatures: project | swap
     quantization: str = "int8"  # fp32 | int8 | int4 | log8
     eval_limit: int | None = None  # test images (None = the whole test set)
     jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
     device: str = "cpu"  # training and evaluation: "cpu", "cuda", "cuda:N" or "auto"
     seed: int = 0
     dataset: str = DEFAULT_ENTRY.dataset  # a rws_hub.datasets name: classes, normalisation
+
+    @classmethod
+    def for_entry(cls, name: str | None = None, **overrides: Any) -> ZooSpec:
+        """The recipe of the registered zoo entry ``name`` (default: the embedded default) with
+        ``overrides``; a name that is not an entry gets the plain defaults, with its own work
+        and export folders (``runs/zoo/<name>``, ``model-store/<name>``)."""
+        try:
+            entry = get_entry(name or DEFAULT_ENTRY.name)
+        except ValueError:
+            own = {"name": name, "work": f"runs/zoo/{name}", "export": f"{STORE_DIR}/{name}"}
+            return cls(**(own | overrides))
+        base: dict[str, Any] = {
+            "name": entry.name,
+            "work": entry.work,
+            "export": entry.folder,
+            "architecture": entry.architecture,
+            "width": entry.width,
+            "dataset": entry.dataset,
+            **entry.recipe,
+        }
+        return cls(**(base | overrides))
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -145,11 +167,15 @@ class ZooSpec:
         }
 
     def rebuild_command(self) -> str:
-        """The ``rws zoo build`` command that rebuilds this entry (options that differ from
-        the defaults only)."""
-        default = ZooSpec()
+        """The ``rws zoo build`` command that rebuilds this entry: ``--name`` and the options
+        that differ from that entry's recipe (:meth:`for_entry`)."""
+        default = ZooSpec.for_entry(self.name)
         parts = ["rws zoo build"]
+        if self.name != DEFAULT_ENTRY.name:
+            parts.append(f"--name {self.name}")
         for f in fields(self):
+            if f.name == "name":
+                continue
             value, base = getattr(self, f.name), getattr(default, f.name)
             if value == base:
                 continue
@@ -253,6 +279,7 @@ class ZooBuilder:
                 name=c,
                 layers=self.spec.layers,
                 architecture=self.spec.architecture,
+                stats=self.spec.bn_stats,
                 provenance={
                     "zoo": self.spec.name,
                     "corruption": c,

@@ -61,3 +61,41 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
 def test_zoo_cli_refuses_unknown_steps(capsys: pytest.CaptureFixture[str]) -> None:
     assert rws(["zoo", "build", "--steps", "pretrain,bake"]) == 2
     assert "bake" in capsys.readouterr().err
+
+
+def test_entry_recipes_and_rebuild_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry's recipe is the starting point of its spec; its rebuild command names the entry
+    and only what differs from that recipe; other names start from the plain defaults."""
+    from rws_hub.zoo import entries, pipeline
+
+    extra = entries.ZooEntry(
+        name="cifar10-test-bn",
+        entrypoint="cifar10_test_bn",
+        architecture="vgg16_bn_cifar",
+        width=0.25,
+        dataset="cifar10",
+        repo_id="rws-hub/cifar10-test-bn",
+        summary="a test entry",
+        recipe={"pretrain_epochs": 20, "label_smoothing": 0.1},
+    )
+    monkeypatch.setitem(entries.ENTRIES, extra.name, extra)
+    spec = ZooSpec.for_entry("cifar10-test-bn")
+    assert (spec.architecture, spec.width, spec.pretrain_epochs, spec.label_smoothing) == (
+        "vgg16_bn_cifar",
+        0.25,
+        20,
+        0.1,
+    )
+    assert (spec.work, spec.export) == ("runs/zoo/cifar10-test-bn", "model-store/cifar10-test-bn")
+    assert spec.rebuild_command() == "rws zoo build --name cifar10-test-bn"
+    changed = ZooSpec.for_entry("cifar10-test-bn", pretrain_epochs=30, jobs=1)
+    assert changed.rebuild_command() == (
+        "rws zoo build --name cifar10-test-bn --pretrain-epochs 30 --jobs 1"
+    )
+    default = ZooSpec.for_entry()
+    assert default.name == pipeline.DEFAULT_ENTRY.name
+    assert default.rebuild_command() == "rws zoo build"
+    plain = ZooSpec.for_entry("mine", width=0.125)
+    assert plain.architecture == ZooSpec().architecture and plain.width == 0.125
+    assert (plain.work, plain.export) == ("runs/zoo/mine", "model-store/mine")
+    assert plain.rebuild_command().startswith("rws zoo build --name mine")
