@@ -167,7 +167,21 @@ def parse_storage(text: str) -> dict[str, Any] | None:
 
     ``"fp32"`` is None (no quantization); ``"int8"`` / ``"int4"`` are the linear scheme,
     ``"<scheme><bits>"`` any registered scheme (``"log8"``), all per output channel.
+    ``"rank<r>"`` and ``"rank<r>-<storage>"`` are low-rank factors (``{"rank": r}``, plus the
+    bits and scheme of the codes the factors are stored as; see ``Signature.low_rank``).
     """
+    if text.startswith("rank"):
+        head, _, codes = text.partition("-")
+        digits = head.removeprefix("rank")
+        if not digits.isdigit() or int(digits) < 1:
+            raise ValueError(f"unknown storage {text!r}: a rank is rank<r>, e.g. rank8-int4")
+        options = parse_storage(codes) if codes else None
+        if codes and options is None:
+            raise ValueError(f"unknown storage {text!r}: factors are stored fp32 without a suffix")
+        low = {"rank": int(digits)}
+        if options:
+            low |= {"bits": options["bits"], "scheme": options["scheme"]}
+        return low
     if text in ("fp32", "float32"):
         return None
     head, digits = text.rstrip("0123456789"), text[len(text.rstrip("0123456789")) :]

@@ -63,7 +63,7 @@ class ZooSpec:
     corruptions: list[str] = field(default_factory=_all_corruptions)
     layers: int = 7
     bn_stats: str = "project"  # batch-norm running statistics in signatures: project | swap
-    quantization: str = "int8"  # fp32 | int8 | int4 | log8
+    quantization: str = "int8"  # fp32 | int8 | int4 | log8 | rank<r>[-int8|-int4]
     eval_limit: int | None = None  # test images (None = the whole test set)
     jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
     device: str = "cpu"  # training and evaluation: "cpu", "cuda", "cuda:N" or "auto"
@@ -199,9 +199,14 @@ def load_state_model(spec: ZooSpec, path: str | Path) -> nn.Module:
 
 def quantize_signature(sig: Signature, storage: str) -> Signature:
     """Apply the zoo's storage choice (``fp32``, ``int8``, ``int4``, ``log8``, any registered
-    ``<scheme><bits>``; see :func:`rws_hub.core.quantization.parse_storage`)."""
+    ``<scheme><bits>``, low-rank ``rank<r>[-<storage>]``; see
+    :func:`rws_hub.core.quantization.parse_storage`)."""
     options = parse_storage(storage)
-    return sig if options is None else sig.quantize(**options)
+    if options is None:
+        return sig
+    if "rank" in options:
+        return sig.low_rank(**options)
+    return sig.quantize(**options)
 
 
 def eval_rows(

@@ -36,7 +36,10 @@ def test_parse_storage() -> None:
     assert parse_storage("int8") == {"bits": 8, "scheme": "linear", "granularity": "channel"}
     assert parse_storage("log4") == {"bits": 4, "scheme": "log", "granularity": "channel"}
     assert parse_storage("toysign8")["scheme"] == "toysign"
-    for bad in ("int3", "foo8", "int", ""):
+    assert parse_storage("rank8") == {"rank": 8}
+    assert parse_storage("rank8-int4") == {"rank": 8, "bits": 4, "scheme": "linear"}
+    assert parse_storage("rank16-log8") == {"rank": 16, "bits": 8, "scheme": "log"}
+    for bad in ("int3", "foo8", "int", "", "rank", "rank0-int8", "rank8-int3", "rank8-fp32"):
         with pytest.raises(ValueError, match="unknown storage"):
             parse_storage(bad)
 

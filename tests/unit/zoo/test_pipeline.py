@@ -99,3 +99,24 @@ def test_entry_recipes_and_rebuild_commands(monkeypatch: pytest.MonkeyPatch) -> 
     assert plain.architecture == ZooSpec().architecture and plain.width == 0.125
     assert (plain.work, plain.export) == ("runs/zoo/mine", "model-store/mine")
     assert plain.rebuild_command().startswith("rws zoo build --name mine")
+
+
+def test_zoo_storage_low_rank() -> None:
+    """``--quantization rank<r>-int<b>`` stores each conv delta as r-rank factors in codes;
+    vectors (biases, batch norm) stay per-channel codes; the values are the factors' product."""
+    from rws_hub.core.signature import Signature
+    from rws_hub.zoo.pipeline import quantize_signature
+
+    g = torch.Generator().manual_seed(0)
+    sig = Signature(
+        "fog",
+        {
+            "c.weight": torch.randn(32, 16, 3, 3, generator=g),
+            "c.bias": torch.randn(32, generator=g),
+        },
+    )
+    low = quantize_signature(sig, "rank4-int8")
+    assert low.nbytes < quantize_signature(sig, "int8").nbytes / 3
+    w = low.tensors["c.weight"]
+    assert w.shape == (32, 16, 3, 3) and torch.linalg.matrix_rank(w.reshape(32, -1)) == 4
+    assert torch.allclose(low.tensors["c.bias"], sig.tensors["c.bias"], atol=0.05)
