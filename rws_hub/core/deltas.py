@@ -221,6 +221,9 @@ class LowRankDelta:
                 return layer_output(layer, x, self.materialize(x.dtype, x.device))
             inner = v.reshape(self.rank, *self._shape[1:])
             mid = layer_output(layer, x, inner)  # (N, r, H', W'): the layer's geometry
+            if mid.is_contiguous(memory_format=torch.channels_last) and not mid.is_contiguous():
+                # channels-last: U as one matmul over (N, H', W', r), the result channels-last
+                return (mid.permute(0, 2, 3, 1) @ u.t()).permute(0, 3, 1, 2)
             return F.conv2d(mid, u.reshape(self._shape[0], self.rank, 1, 1))
         if isinstance(layer, nn.Linear):
             return F.linear(F.linear(x, v), u)

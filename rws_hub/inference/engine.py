@@ -158,17 +158,47 @@ class _Routing:
         y = super().forward(x)  # type: ignore[misc]
         view = (-1,) + (1,) * (y.dim() - 1)
         for b in branches:
-            rows = x if b.every_row else x.index_select(0, b.rows)
+            rows = x if b.every_row else _rows(x, b.rows)
             extra = b.delta.branch(rows, self) if b.delta is not None else None  # type: ignore[arg-type]
             if b.bias is not None:
                 bias = b.bias.reshape((1, -1) + (1,) * (y.dim() - 2))
                 extra = bias.expand(len(b.rows), *y.shape[1:]) if extra is None else extra + bias
-            extra = extra * b.alphas.reshape(view)
+            extra = extra * b.alphas.reshape(view)  # a new tensor (extra may be a view)
             if b.every_row:
                 y.add_(extra)
             else:
-                y.index_add_(0, b.rows, extra)
+                _add_rows(y, b.rows, extra)
         return y
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor | None:
+    """A channels-last 4-D tensor as its contiguous (N, H, W, C) view, else None."""
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return t.permute(0, 2, 3, 1)
+    return None
+
+
+def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(0, rows)``, through the (N, H, W, C) view for channels-last images
+    (several times faster on CPU; the result is channels-last too)."""
+    view = _nhwc(x)
+    if view is None:
+        return x.index_select(0, rows)
+    return view.index_select(0, rows).permute(0, 3, 1, 2)
+
+
+def _add_rows(y: torch.Tensor, rows: torch.Tensor, extra: torch.Tensor) -> None:
+    """``y.index_add_(0, rows, extra)`` in place, through the (N, H, W, C) views when both are
+    channels-last (the plain call is an order of magnitude slower there on CPU)."""
+    target, source = _nhwc(y), _nhwc(extra)
+    if target is not None and source is not None:
+        target.index_add_(0, rows, source)
+    else:
+        y.index_add_(0, rows, extra)
 
 
 class _RoutedConv2d(_Routing, nn.Conv2d):
@@ -849,7 +879,7 @@ class Engine:
             plan = _Plan(tuple(bounds), weights, self._plan_branches(keys, bounds, n))
             perm = None if order == list(range(n)) else torch.tensor(order, device=self.device)
             if perm is not None:
-                x = x.index_select(0, perm)
+                x = _rows(x, perm)  # keeps the channels-last format (index_select drops it)
 
         self._state.plan = plan
         try:

@@ -444,3 +444,38 @@ def test_factors_hold_little_memory(setup) -> None:
     dense = Engine(model, sigs, device="cpu").memory_bytes()["signatures"]
     held = Engine(model, lr, device="cpu", resident="factors").memory_bytes()["signatures"]
     assert held < dense / 4
+
+
+@pytest.mark.parametrize("resident", ["float", "factors"])
+def test_mixed_batches_stay_channels_last(setup, resident) -> None:
+    """Sorting a mixed batch by mix, selecting a signature's rows and adding its branch keep
+    the channels-last format the engine runs in (index_select alone drops it, and every later
+    conv then runs several times slower on CPU)."""
+    model, sigs = setup
+    if resident == "factors":
+        sigs = {n: s.low_rank(rank=3, bits=8) for n, s in sigs.items()}
+    eng = Engine(model, sigs, device="cpu", resident=resident, allow_negative=True)
+    formats = []
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, inp, out: formats.append(
+                (
+                    inp[0].is_contiguous(memory_format=torch.channels_last),
+                    out.is_contiguous(memory_format=torch.channels_last),
+                )
+            )
+        )
+        for m in eng.model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    try:
+        # repeated mixes apart from each other: the batch is reordered to group them
+        mixes = [*random_mixes(3, seed=5), None] * 3
+        assert len({str(m) for m in mixes}) > 2
+        x = torch.rand(12, 3, 32, 32)
+        out = eng.predict(x, mixes)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert formats and all(i and o for i, o in formats), formats
+    torch.testing.assert_close(out, reference(model, sigs, x, mixes), atol=ATOL, rtol=ATOL)
