@@ -7,6 +7,8 @@ alike), batch 64 requests:
 (b)  the engine, every request with a different random mix of 0-3 signatures (random alphas,
      so no two mixes repeat and the weight cache never helps: the worst case);
 (b0) the engine with every request clean (its own overhead-free path);
+(b3) as (b) with the signatures as rank-``--rank`` int8 factors served as branches
+     (``resident="factors"``: the base layer once for the batch, a thin branch per signature);
 (c)  the naive way: for each request, under a lock, patch in place, run it alone, unpatch;
 (d)  memory: one separately loaded model per corruption versus the engine's.
 
@@ -73,6 +75,15 @@ def folder_setup(path: Path) -> tuple[torch.nn.Module, dict[str, Signature]]:
 
     folder = ModelFolder.load(path, device="cpu")
     return folder.model, dict(folder.signatures)
+
+
+def low_rank(sigs: dict[str, Signature], rank: int) -> dict[str, Signature]:
+    """The signatures as rank-``rank`` factors stored as int8 codes."""
+    return {n: s.low_rank(rank=rank, bits=8) for n, s in sigs.items()}
+
+
+def factors_engine(model: torch.nn.Module, sigs: dict[str, Signature], rank: int) -> Engine:
+    return Engine(model, low_rank(sigs, rank), device="cpu", resident="factors")
 
 
 def random_mixes(rng: random.Random, names: list[str], n: int, lo: int = 0, hi: int = 3) -> list:
@@ -145,6 +156,7 @@ def main_comparison(model, sigs, args) -> dict[str, Any]:
         n: s if s.is_quantized else s.quantize(8, granularity="channel") for n, s in sigs.items()
     }
     engine_codes = Engine(model, qsigs, device="cpu", resident="codes")
+    engine_factors = factors_engine(model, sigs, args.rank)
     lock = threading.Lock()
 
     def run_plain(r):
@@ -162,6 +174,10 @@ def main_comparison(model, sigs, args) -> dict[str, Any]:
     def run_engine_codes(r):
         x, mixes = images[r % 4], random_mixes(rng, names, batch)
         return lambda: engine_codes.predict(x, mixes)
+
+    def run_engine_factors(r):
+        x, mixes = images[r % 4], random_mixes(rng, names, batch)
+        return lambda: engine_factors.predict(x, mixes)
 
     def run_engine_named(r):
         x = images[r % 4]
@@ -188,6 +204,7 @@ def main_comparison(model, sigs, args) -> dict[str, Any]:
         "a_backbone_channels_last": run_cl,
         "b_engine_random_mixes": run_engine,
         "b2_engine_random_mixes_codes": run_engine_codes,
+        "b3_engine_random_mixes_factors": run_engine_factors,
         "b1_engine_named_mixes": run_engine_named,
         "b0_engine_clean": run_engine_clean,
         "c_naive_patch_per_request": run_naive,
@@ -195,6 +212,7 @@ def main_comparison(model, sigs, args) -> dict[str, Any]:
     out = compare(variants, args.rounds, batch)
     out["_memory_engine"] = engine.memory_bytes()
     out["_memory_engine_codes"] = engine_codes.memory_bytes()
+    out["_memory_engine_factors"] = engine_factors.memory_bytes()
     out["_cache"] = engine.cache_info()
     out["_cache_named"] = engine_named.cache_info()
     return out
@@ -221,16 +239,28 @@ def distinct_sweep(model, sigs, args) -> list[dict[str, Any]]:
     x = torch.rand(batch, 3, 32, 32)
     plain = copy.deepcopy(model).eval()
     engine = Engine(model, sigs, device="cpu", cache_bytes=0)  # cold: every mix is built
+    factors = factors_engine(model, sigs, args.rank)
     rows = []
     for d in args.distinct:
 
-        def run_engine(r, d=d):
+        def mixes_of(d: int) -> list:
             pool = random_mixes(rng, names, d, lo=1)
-            mixes = [pool[i % d] for i in range(batch)]
+            return [pool[i % d] for i in range(batch)]
+
+        def run_engine(r, d=d):
+            mixes = mixes_of(d)
             return lambda: engine.predict(x, mixes)
 
+        def run_factors(r, d=d):
+            mixes = mixes_of(d)
+            return lambda: factors.predict(x, mixes)
+
         res = compare(
-            {"backbone": lambda r: lambda: _no_grad(plain, x), "engine": run_engine},
+            {
+                "backbone": lambda r: lambda: _no_grad(plain, x),
+                "engine": run_engine,
+                "engine_factors": run_factors,
+            },
             args.sweep_rounds,
             batch,
         )
@@ -248,13 +278,22 @@ def signature_sweep(model, sigs, args) -> list[dict[str, Any]]:
     for n in args.loaded:
         names = all_names[:n]
         engine = Engine(model, {k: sigs[k] for k in names}, device="cpu")
+        factors = factors_engine(model, {k: sigs[k] for k in names}, args.rank)
 
         def run_engine(r, names=names, engine=engine):
             mixes = random_mixes(rng, names, batch)
             return lambda: engine.predict(x, mixes)
 
+        def run_factors(r, names=names, factors=factors):
+            mixes = random_mixes(rng, names, batch)
+            return lambda: factors.predict(x, mixes)
+
         res = compare(
-            {"backbone": lambda r: lambda: _no_grad(plain, x), "engine": run_engine},
+            {
+                "backbone": lambda r: lambda: _no_grad(plain, x),
+                "engine": run_engine,
+                "engine_factors": run_factors,
+            },
             args.sweep_rounds,
             batch,
         )
@@ -264,8 +303,10 @@ def signature_sweep(model, sigs, args) -> list[dict[str, Any]]:
                 "loaded": n,
                 "backbone": _robust(res["backbone"], batch),
                 "engine": _robust(res["engine"], batch),
+                "engine_factors": _robust(res["engine_factors"], batch),
                 "engine_bytes": mem["total"],
                 "signature_bytes": mem["signatures"],
+                "engine_factors_bytes": factors.memory_bytes()["total"],
             }
         )
     return rows
@@ -312,12 +353,13 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
         "a_backbone_channels_last": "(a') backbone\nchannels-last",
         "b_engine_random_mixes": "(b) engine\nrandom mixes",
         "b2_engine_random_mixes_codes": "(b2) engine\ncodes resident",
+        "b3_engine_random_mixes_factors": "(b3) engine\nlow-rank",
         "b1_engine_named_mixes": "(b1) engine\nnamed mixes",
         "b0_engine_clean": "(b0) engine\nclean",
         "c_naive_patch_per_request": "(c) naive patch\nper request",
     }
-    keys = list(labels)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    keys = [k for k in labels if k in main]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     axes[0].bar([labels[k] for k in keys], [main[k]["images_per_s"] for k in keys], color="C0")
     axes[0].set_ylabel("images / s (batch 64)")
     axes[0].set_title("throughput")
@@ -342,6 +384,8 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     d = [r["distinct"] for r in sweep]
     axes[0].plot(d, [r["backbone"] for r in sweep], "o-", label="(a) backbone")
     axes[0].plot(d, [r["engine"] for r in sweep], "o-", label="engine (cold cache)")
+    if all("engine_factors" in r for r in sweep):
+        axes[0].plot(d, [r["engine_factors"] for r in sweep], "o-", label="engine, low-rank")
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlabel("distinct mixes in a batch of 64")
     axes[0].set_ylabel("images / s")
@@ -351,6 +395,8 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     n = [r["loaded"] for r in sig]
     axes[1].plot(n, [r["backbone"] for r in sig], "o-", label="(a) backbone")
     axes[1].plot(n, [r["engine"] for r in sig], "o-", label="(b) engine")
+    if all("engine_factors" in r for r in sig):
+        axes[1].plot(n, [r["engine_factors"] for r in sig], "o-", label="(b3) engine, low-rank")
     axes[1].set_xlabel("signatures loaded")
     axes[1].set_ylabel("images / s")
     axes[1].set_title("loaded signatures")
@@ -358,6 +404,10 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     mem = results["memory"]
     mb = 1 / (1 << 20)
     axes[2].plot(n, [r["engine_bytes"] * mb for r in sig], "o-", label="engine")
+    if all("engine_factors_bytes" in r for r in sig):
+        axes[2].plot(
+            n, [r["engine_factors_bytes"] * mb for r in sig], "o-", label="engine, low-rank"
+        )
     axes[2].plot(
         n, [(k + 1) * mem["backbone_bytes"] * mb for k in n], "o-", label="one model per corruption"
     )
@@ -409,6 +459,8 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         "a_backbone_channels_last": "(a') unpatched backbone, channels-last",
         "b_engine_random_mixes": "(b) engine, each request a different random mix of 0-3",
         "b2_engine_random_mixes_codes": '(b2) as (b), int8 codes resident (`resident="codes"`)',
+        "b3_engine_random_mixes_factors": f"(b3) as (b), rank-{env.get('rank', 8)} int8 factors "
+        'as branches (`resident="factors"`)',
         "b1_engine_named_mixes": "(b1) engine, random 0-3 names at default alphas (cache warms)",
         "b0_engine_clean": "(b0) engine, all requests clean",
         "c_naive_patch_per_request": "(c) naive: lock, patch in place, run one, unpatch",
@@ -430,6 +482,13 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
             f" (b2)/(a) = {m['b2_engine_random_mixes_codes']['images_per_s'] / a:.2f}: "
             "dequantizing the codes in every weight build."
             if "b2_engine_random_mixes_codes" in m
+            else ""
+        )
+        + (
+            f" **(b3)/(a) = {m['b3_engine_random_mixes_factors']['images_per_s'] / a:.2f}** "
+            f"(low-rank branches; at p50 "
+            f"{p50['a_backbone'] / p50['b3_engine_random_mixes_factors']:.2f}; target >= 0.95)."
+            if "b3_engine_random_mixes_factors" in m
             else ""
         ),
         f"- (b1)/(a) = {m['b1_engine_named_mixes']['images_per_s'] / a:.2f}: mixes named "
@@ -482,6 +541,15 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
             if "engine_codes" in mem
             else []
         ),
+        *(
+            [
+                f"| engine, rank-{env.get('rank', 8)} int8 factors resident "
+                f'(`resident="factors"`) | {mem["engine_factors"]["total"] * mib:.1f} | '
+                f"{mem['engine_factors']['total'] / mem['backbone_bytes']:.3f} |",
+            ]
+            if "engine_factors" in mem
+            else []
+        ),
         f"| weight cache of (b1) after the run (bound: cache_bytes = "
         f"{results['cache_named']['max_bytes'] * mib:.0f} MiB) | "
         f"{results['cache_named']['bytes'] * mib:.1f} | "
@@ -497,26 +565,37 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         "Images/s at the median batch latency. Distinct mixes in a batch of 64 (cold weight "
         "cache; each mix 1-3 signatures):",
         "",
-        "| distinct mixes | backbone images/s | engine images/s | ratio |",
-        "| ---: | ---: | ---: | ---: |",
+        "| distinct mixes | backbone images/s | engine images/s | ratio "
+        "| low-rank engine images/s | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["distinct_sweep"]:
+        lr = r.get("engine_factors")
         lines.append(
             f"| {r['distinct']} | {r['backbone']:.0f} | {r['engine']:.0f} | "
-            f"{r['engine'] / r['backbone']:.2f} |"
+            f"{r['engine'] / r['backbone']:.2f} | "
+            + (f"{lr:.0f} | {lr / r['backbone']:.2f} |" if lr else "– | – |")
         )
     lines += [
         "",
         "Loaded signatures (each request a random mix of 0-3 of them; images/s at the median):",
         "",
-        "| loaded | backbone images/s | engine images/s | ratio | engine MiB | x backbone |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| loaded | backbone images/s | engine images/s | ratio | engine MiB | x backbone "
+        "| low-rank images/s | ratio | low-rank MiB | x backbone |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["signature_sweep"]:
+        lr, lrb = r.get("engine_factors"), r.get("engine_factors_bytes")
         lines.append(
             f"| {r['loaded']} | {r['backbone']:.0f} | {r['engine']:.0f} | "
             f"{r['engine'] / r['backbone']:.2f} | {r['engine_bytes'] * mib:.1f} | "
-            f"{r['engine_bytes'] / mem['backbone_bytes']:.2f} |"
+            f"{r['engine_bytes'] / mem['backbone_bytes']:.2f} | "
+            + (
+                f"{lr:.0f} | {lr / r['backbone']:.2f} | {lrb * mib:.1f} | "
+                f"{lrb / mem['backbone_bytes']:.3f} |"
+                if lr and lrb
+                else "– | – | – | – |"
+            )
         )
     lines += [""] + [f"![{f}]({f})" for f in figs] + [""]
     lines += ANALYSIS.format(
@@ -597,6 +676,7 @@ def main() -> None:
     p.add_argument("--sweep-rounds", type=int, default=6)
     p.add_argument("--thread-rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (main run)")
+    p.add_argument("--rank", type=int, default=8, help="rank of the low-rank variant (b3)")
     p.add_argument("--also-threads", type=int, nargs="*", default=[2])
     p.add_argument("--distinct", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--loaded", type=int, nargs="*", default=[1, 4, 8, 19])
@@ -642,6 +722,7 @@ def main() -> None:
         "per_corruption_bytes": backbone * (len(sigs) + 1),
         "engine": results["main"].pop("_memory_engine"),
         "engine_codes": results["main"].pop("_memory_engine_codes"),
+        "engine_factors": results["main"].pop("_memory_engine_factors"),
         "signature_fraction": sig_elems / sum(t.numel() for t in model.state_dict().values()),
     }
     results["cache"] = results["main"].pop("_cache")
@@ -654,6 +735,7 @@ def main() -> None:
         "layers": args.layers,
         "batch": args.batch,
         "threads": args.threads,
+        "rank": args.rank,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
     }
