@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from multiprocessing import get_context
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rws_hub.core.extraction import extract
+from rws_hub.core.lineage import fingerprint
 from rws_hub.core.quantization import parse_storage
 from rws_hub.core.signature import Signature
 from rws_hub.datasets import DatasetSpec, get_dataset
@@ -69,6 +71,12 @@ class ZooSpec:
     device: str = "cpu"  # training and evaluation: "cpu", "cuda", "cuda:N" or "auto"
     seed: int = 0
     dataset: str = DEFAULT_ENTRY.dataset  # a rws_hub.datasets name: classes, normalisation
+    # θ_pre of another entry (a safetensors state file) instead of pretraining: the entry then
+    # shares its lineage, and a new classifier for this data set is trained on the frozen
+    # trunk (head_epochs) before the clean and robust fine-tunes start from it
+    pretrained: str | None = None
+    head_epochs: float = 2.0
+    head_lr: float = 0.1
 
     @classmethod
     def for_entry(cls, name: str | None = None, **overrides: Any) -> ZooSpec:
@@ -127,11 +135,29 @@ class ZooSpec:
             **self._base(),
         )
 
+    @property
+    def start(self) -> str:
+        """Where the clean and robust fine-tunes start: θ_pre, or θ_pre with this data set's
+        new classifier (the ``head`` stage) when θ_pre comes from another entry."""
+        stage = "head" if self.pretrained else "pretrain"
+        return f"{self.work}/{stage}/final.safetensors"
+
+    def head_config(self) -> TrainConfig:
+        return TrainConfig(
+            stage="head",
+            out=f"{self.work}/head",
+            init=f"{self.work}/pretrain/final.safetensors",
+            epochs=self.head_epochs,
+            lr=self.head_lr,
+            schedule="cosine",
+            **self._base(),
+        )
+
     def clean_config(self) -> TrainConfig:
         return TrainConfig(
             stage="clean",
             out=f"{self.work}/clean",
-            init=f"{self.work}/pretrain/final.safetensors",
+            init=self.start,
             epochs=self.clean_epochs,
             lr=self.finetune_lr,
             schedule=self.finetune_schedule,
@@ -142,7 +168,7 @@ class ZooSpec:
         return TrainConfig(
             stage="robust",
             out=f"{self.work}/robust/{corruption}",
-            init=f"{self.work}/pretrain/final.safetensors",
+            init=self.start,
             epochs=self.robust_epochs,
             lr=self.finetune_lr,
             schedule=self.finetune_schedule,
@@ -240,17 +266,41 @@ class ZooBuilder:
 
     # --- training -------------------------------------------------------------------------
     def pretrain(self) -> Path:
+        if self.spec.pretrained:
+            return self._adopt_pretrained(Path(self.spec.pretrained))
         return train(self.spec.pretrain_config(), resume=True, progress=self.progress)
 
+    def _adopt_pretrained(self, source: Path) -> Path:
+        """θ_pre copied from another entry, byte for byte (so the lineage is the same)."""
+        final = self.work / "pretrain" / "final.safetensors"
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            tmp.replace(final)
+            record = {"stage": "pretrain", "copied_from": str(source)}
+            record["fingerprint"] = fingerprint(load_file(str(final)))
+            (final.parent / "config.json").write_text(json.dumps(record, indent=2))
+        return final
+
+    def head(self) -> Path | None:
+        """This data set's classifier on θ_pre's frozen trunk (only with ``pretrained``)."""
+        if not self.spec.pretrained:
+            return None
+        return train(self.spec.head_config(), resume=True, progress=self.progress)
+
     def clean(self) -> Path:
+        self.head()
         return train(self.spec.clean_config(), resume=True, progress=self.progress)
 
     def robust(self, corruptions: list[str] | None = None) -> list[Path]:
+        self.head()
         names = corruptions or self.spec.corruptions
         return self._train_all([self.spec.robust_config(c) for c in names])
 
     def finetune(self) -> list[Path]:
         """The clean and every robust fine-tuning, sharing the ``jobs`` parallel workers."""
+        self.head()
         configs = [self.spec.clean_config()]
         configs += [self.spec.robust_config(c) for c in self.spec.corruptions]
         return self._train_all(configs)
@@ -366,6 +416,15 @@ class ZooBuilder:
         pre = load_file(str(self.work / "pretrain/final.safetensors"))
         model = load_state_model(self.spec, self.work / "clean/final.safetensors")
         config = self.spec.config_json()  # lineage: save_model_folder fingerprints ``pre``
+        if self.spec.pretrained:
+            # θ_pre is another entry's (it ships there): this folder names its lineage only
+            config["lineage"] = fingerprint(pre)
+            pre = None
+            # and its normalisation, which the fine-tunes kept (a part of θ_pre)
+            state = model.state_dict()
+            for key in ("mean", "std"):
+                if f"normalize.{key}" in state:
+                    config[key] = [float(v) for v in state[f"normalize.{key}"].reshape(-1)]
         config["metrics"] = self.metrics()
         config["default_signatures"] = list(self.spec.corruptions)
         return save_model_folder(

@@ -32,7 +32,7 @@ from rws_hub.datasets.corruptions import corrupt
 from rws_hub.zoo.entries import DEFAULT_ENTRY
 from rws_hub.zoo.evaluation import accuracy
 
-STAGES = ("pretrain", "clean", "robust")
+STAGES = ("pretrain", "head", "clean", "robust")
 
 
 @dataclass
@@ -177,8 +177,40 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     )
     if cfg.init:
         state = load_file(cfg.init)
-        model.load_state_dict(state)
+        head = classifier_names(model)
+        mismatched = sorted(
+            k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape
+        )
+        if mismatched and set(mismatched) <= head:
+            # another data set's model: keep the trunk, the classifier starts fresh (seeded)
+            state = {k: v for k, v in state.items() if k not in head}
+            missing, _ = model.load_state_dict(state, strict=False)
+            if set(missing) - head:
+                raise ValueError(f"{cfg.init} lacks {sorted(set(missing) - head)}")
+        else:
+            model.load_state_dict(state)
     return model
+
+
+def classifier_names(model: nn.Module) -> set[str]:
+    """State-dict names of the model's last ``nn.Linear`` (its classifier head)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        return set()
+    return {f"{last}.{k}" for k, _ in model.get_submodule(last).named_parameters()}
+
+
+def _train_mode(model: nn.Module, cfg: TrainConfig) -> None:
+    """Training mode; for the ``head`` stage everything but the classifier stays in eval mode
+    (batch norms keep their statistics)."""
+    model.train()
+    if cfg.stage == "head":
+        for m in model.modules():
+            if not isinstance(m, nn.Linear):
+                m.eval()
 
 
 def _save_checkpoint(
@@ -233,8 +265,15 @@ def train(
     model = build_model(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    if cfg.stage == "head":  # a new classifier on a frozen trunk
+        head = classifier_names(model)
+        named = dict(model.named_parameters())
+        for name, p in named.items():
+            p.requires_grad_(name in head)
+        params = [named[n] for n in sorted(head)]
     opt = torch.optim.SGD(
-        model.parameters(),
+        params,
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
@@ -264,7 +303,7 @@ def train(
     bar = tqdm(total=total, initial=step, disable=not progress, desc=f"{cfg.stage} {run.name}")
     t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
     started, done_here = time.time(), 0
-    model.train()
+    _train_mode(model, cfg)
     while step < total:
         out_of_time = max_seconds is not None and time.time() - started > max_seconds
         if (max_steps is not None and done_here >= max_steps) or out_of_time:
@@ -315,7 +354,7 @@ def train(
                         severity=max(_severities(cfg)),
                         channels_last=cfg.channels_last,
                     )
-                model.train()
+                _train_mode(model, cfg)
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}")

@@ -120,3 +120,77 @@ def test_zoo_storage_low_rank() -> None:
     w = low.tensors["c.weight"]
     assert w.shape == (32, 16, 3, 3) and torch.linalg.matrix_rank(w.reshape(32, -1)) == 4
     assert torch.allclose(low.tensors["c.bias"], sig.tensors["c.bias"], atol=0.05)
+
+
+def _tiny_hundred_classes(folder: Path) -> Path:
+    """A Tiny-ImageNet-32 layout (train.npz, val.npz) with 100 classes, learnable by colour."""
+    import numpy as np
+
+    folder.mkdir()
+    for name, n, seed in (("train.npz", 400, 0), ("val.npz", 100, 1)):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 100, n)
+        base = np.stack([(y * 37) % 256, (y * 91) % 256, (y * 13) % 256], axis=1)
+        x = base[:, None, None, :] + rng.normal(0, 20, (n, 32, 32, 3))
+        np.savez(folder / name, x=np.clip(x, 0, 255).astype(np.uint8), y=y.astype(np.int64))
+    return folder
+
+
+def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_path: Path) -> None:
+    """``pretrained``: θ_pre is adopted byte for byte, a new 100-way head is trained on its frozen
+    trunk, the folder names the same lineage without shipping θ_pre, and the other entry's
+    signatures patch the new backbone."""
+    from safetensors.torch import load_file
+
+    import rws_hub
+    from rws_hub.core.lineage import fingerprint
+
+    common = dict(
+        architecture="vgg16_bn_cifar",
+        width=0.125,
+        pretrain_epochs=1,
+        clean_epochs=0.5,
+        robust_epochs=0.5,
+        corruptions=["fog", "contrast"],
+        layers=3,
+        eval_limit=64,
+        jobs=1,
+    )
+    cifar = ZooSpec(
+        name="tiny-c10",
+        data=str(tiny_cifar),
+        work=str(tmp_path / "c10"),
+        export=str(tmp_path / "c10-folder"),
+        **common,
+    )
+    ZooBuilder(cifar, progress=False).run()
+    pre = tmp_path / "c10/pretrain/final.safetensors"
+    tin = ZooSpec(
+        name="tiny-tin",
+        dataset="tinyimagenet32",
+        data=str(_tiny_hundred_classes(tmp_path / "tin-data")),
+        work=str(tmp_path / "tin"),
+        export=str(tmp_path / "tin-folder"),
+        pretrained=str(pre),
+        head_epochs=1,
+        **common,
+    )
+    ZooBuilder(tin, progress=False).run()
+    assert (tmp_path / "tin/pretrain/final.safetensors").read_bytes() == pre.read_bytes()
+    theta_pre, head = load_file(str(pre)), load_file(str(tmp_path / "tin/head/final.safetensors"))
+    assert head["classifier.weight"].shape[0] == 100
+    for k, v in theta_pre.items():  # the trunk (batch-norm statistics too) is frozen
+        if not k.startswith("classifier."):
+            assert torch.equal(head[k], v), k
+    c10 = ModelFolder.load(cifar.export)
+    folder = ModelFolder.load(tin.export)
+    assert folder.config["lineage"] == c10.config["lineage"] == fingerprint(theta_pre)
+    assert not folder.has_pretrained() and len(folder.config["classes"]) == 100
+    assert folder.config["mean"] == pytest.approx(theta_pre["normalize.mean"].flatten().tolist())
+    model = folder.model
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        clean = model(x)
+        with rws_hub.patch(model, {c10.signatures["fog"]: 1.0}):  # transferred: same lineage
+            moved = model(x)
+    assert clean.shape == (4, 100) and not torch.allclose(clean, moved)
