@@ -64,6 +64,8 @@ SECTIONS: dict[str, str] = {
     "compose": "6. Composable: several signatures at once",
     "quant": "7. Lightweight: quantization and storage",
     "transfer": "8. Transferable: signatures on an updated backbone",
+    "datasets": "8b. Transferable across data sets: this entry's signatures on another data "
+    "set's backbone",
     "bnstats": "9. Batch norm: what a signature carries of each unit's batch norm",
 }
 DEFAULT_SWEEP = ("gaussian_noise", "contrast", "fog", "pixelate", "jpeg_compression", "motion_blur")
@@ -80,6 +82,9 @@ DEFAULTS = {
     "transfer_epochs": 0.3,
     "transfer_lr": 0.005,
     "threads": None,
+    "other_work": None,
+    "other_folder": None,
+    "other_limit": None,
 }
 AUTO_BEGIN, AUTO_END = "<!-- auto-patch -->", "<!-- /auto-patch -->"
 
@@ -154,7 +159,9 @@ class Zoo:
     @property
     def test(self) -> ImageArrays:
         if self._test is None:
-            self._test = load_images(self.spec.data, "test").subset(self.args.limit)
+            self._test = load_images(self.spec.data, "test", dataset=self.spec.dataset).subset(
+                self.args.limit
+            )
         return self._test
 
     def images(self, corruption: str | None) -> torch.Tensor:
@@ -1210,6 +1217,128 @@ def render_transfer(r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# 8b. across data sets
+
+
+def conv_cosine(a: Signature, b: Signature) -> float:
+    """Cosine between two signatures over the conv weights they share (4-D tensors): the
+    direction of the weight change, without batch-norm statistics whose scale would dominate."""
+    names = [n for n in a.tensors if n in b.tensors and a.tensors[n].dim() == 4]
+    x = torch.cat([a.tensors[n].double().reshape(-1) for n in names])
+    y = torch.cat([b.tensors[n].double().reshape(-1) for n in names])
+    return float(x @ y / (x.norm() * y.norm()))
+
+
+def section_datasets(z: Zoo, png: Path) -> dict[str, Any]:
+    """The other entry (``--other-work``/``--other-folder``: fine-tuned from this entry's θ_pre
+    on another data set): its backbone alone, with its own signature, with this entry's
+    signature of the same corruption, and its dedicated robust model, on its own test images;
+    and the cosine between the two entries' signatures of each pair of corruptions."""
+    if not z.args.other_work:
+        raise SystemExit("section 8b needs --other-work and --other-folder (another data set)")
+    o = Zoo(
+        argparse.Namespace(
+            **{
+                **vars(z.args),
+                "work": z.args.other_work,
+                "folder": z.args.other_folder,
+                "data": None,
+                "limit": z.args.other_limit,
+            }
+        )
+    )
+    if o.signature(o.corruptions[0]).lineage != z.signature(z.corruptions[0]).lineage:
+        raise SystemExit("the other entry is not of this entry's lineage (another θ_pre)")
+    cs = [c for c in z.corruptions if c in o.corruptions]
+    model = o.backbone
+    rows = {}
+    for c in cs:
+        rows[c] = {
+            "std": o.baseline("ra", c),
+            "own": o.baseline("own_ra", c),
+            "transferred": o.acc_with(model, {z.signature(c): 1.0}, c),
+            "transferred_ta": o.acc_with(model, {z.signature(c): 1.0}),
+            "own_ta": o.baseline("own_ta", c),
+            "robust": o.acc(o.model(c), c),
+        }
+    own_gain = [r["own"] - r["std"] for r in rows.values()]
+    tr_gain = [r["transferred"] - r["std"] for r in rows.values()]
+    rob_gain = [r["robust"] - r["std"] for r in rows.values()]
+    cos = np.array([[conv_cosine(z.signature(a), o.signature(b)) for b in cs] for a in cs])
+    same = np.diag(cos)
+    off = cos.copy()
+    np.fill_diagonal(off, -np.inf)
+    row_best, col_best = off.max(1), off.max(0)  # other corruptions on either side
+    consistent = [c for i, c in enumerate(cs) if same[i] > max(row_best[i], col_best[i])]
+    own_mean = float(np.mean(own_gain))
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1.4, 1]})
+    xs = np.arange(len(cs))
+    w = 0.27
+    ax0.bar(xs - w, own_gain, w, label="own signature (this data set)")
+    ax0.bar(xs, tr_gain, w, label=f"transferred from {z.spec.dataset}")
+    ax0.bar(xs + w, rob_gain, w, label="dedicated robust model")
+    ax0.axhline(0, color="grey", lw=0.8)
+    ax0.set_xticks(xs, [_short(c) for c in cs], rotation=45, ha="right")
+    ax0.set_ylabel("RA gain over the backbone (points)")
+    ax0.set_title(f"{o.spec.name}: RA gain on {o.spec.dataset}")
+    ax0.legend(fontsize=8)
+    ax0.grid(axis="y", alpha=0.3)
+    im = ax1.imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax1.set_xticks(xs, [_short(c) for c in cs], rotation=90, fontsize=7)
+    ax1.set_yticks(xs, [_short(c) for c in cs], fontsize=7)
+    ax1.set_xlabel(f"{o.spec.dataset} signature")
+    ax1.set_ylabel(f"{z.spec.dataset} signature")
+    ax1.set_title("cosine between the two entries' signatures (conv weights)")
+    fig.colorbar(im, ax=ax1)
+    _save(fig, png)
+    return {
+        "other": {"zoo": o.spec.name, "dataset": o.spec.dataset, "test_images": len(o.test)},
+        "std_ta": o.baseline("ta"),
+        "rows": rows,
+        "own_gain_mean": own_mean,
+        "transferred_gain_mean": float(np.mean(tr_gain)),
+        "robust_gain_mean": float(np.mean(rob_gain)),
+        "recovered": float(np.mean(tr_gain)) / own_mean if own_mean else None,
+        "cosine": {"corruptions": cs, "matrix": cos.tolist()},
+        "same_cosine": {c: float(same[i]) for i, c in enumerate(cs)},
+        "best_other_cosine": {c: float(max(row_best[i], col_best[i])) for i, c in enumerate(cs)},
+        "consistent": consistent,
+    }
+
+
+def render_datasets(r: dict[str, Any]) -> str:
+    o = r["other"]
+    lines = [
+        f"Backbone `{o['zoo']}`: this entry's θ_pre with a new head, fine-tuned on {o['dataset']}"
+        f" (TA {r['std_ta']:.1f}); RA in % on its {o['test_images']} test images, α = 1; "
+        "'transferred' patches it with this entry's signature of the same corruption.",
+        "",
+        "| corruption | backbone | + own | + transferred | dedicated | TA + own | TA + transferred "
+        "| cos same | cos best other |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c, v in r["rows"].items():
+        lines.append(
+            f"| {c} | {v['std']:.1f} | {v['own']:.1f} | {v['transferred']:.1f} | "
+            f"{v['robust']:.1f} | {v['own_ta']:.1f} | {v['transferred_ta']:.1f} | "
+            f"{r['same_cosine'][c]:.2f} | {r['best_other_cosine'][c]:.2f} |"
+        )
+    rec = r["recovered"]
+    lines += [
+        "",
+        f"Headline: mean RA gain {r['own_gain_mean']:+.1f} with the own signatures, "
+        f"{r['transferred_gain_mean']:+.1f} transferred"
+        + (f" ({100 * rec:.0f}% of the own gain)" if rec is not None else "")
+        + f", {r['robust_gain_mean']:+.1f} for the dedicated models; the same corruption's "
+        f"signatures are each other's closest for {len(r['consistent'])} of {len(r['rows'])} "
+        "corruptions (cosine over the conv weights, against every other corruption's signature "
+        "on either side).",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # 9. batch norm
 
 BN_TREATMENTS: dict[str, dict[str, str]] = {
@@ -1345,6 +1474,9 @@ CLAIMS: dict[str, str] = {
     "several corruptions in one model.",
     "quant": "Lightweight: with quantization a signature is up to 13× smaller than a full copy "
     "of the weights, without losing its robustness.",
+    "datasets": "Transferable across data sets: a signature extracted on one data set patches a "
+    "model fine-tuned on another data set from the same pretrained weights, and the signatures "
+    "of one corruption on two data sets point the same way (consistency).",
     "bnstats": "On batch-norm networks the corruption shifts the batch-norm statistics; the "
     "published ResNet scripts re-estimate them on corrupted data. (Not a claim of the paper: "
     "which treatment of the statistics a signature should carry is this project's question.)",
@@ -1354,6 +1486,12 @@ CLAIMS: dict[str, str] = {
 }
 
 WHY: dict[str, str] = {
+    "datasets": "The paper pretrains on ImageNet and fine-tunes on each data set; here θ_pre is "
+    "this entry's CIFAR-10 pretraining, and the other data set's backbone and robust models are "
+    "fine-tuned from it after a new classifier is trained on its frozen trunk. Both entries' "
+    "signatures cover the same K units. Cosines are taken over the conv weights: the batch-norm "
+    "statistics a signature also carries have a scale of their own and would decide the "
+    "cosine alone.",
     "bnstats": "Each θ_c is fine-tuned on batches that are {pct:.0f}% corrupted, so its running "
     "statistics are those of that mix; the covered units' statistics are what moves most under "
     "a corruption (the mean and variance of the first feature maps follow the image "
@@ -1411,6 +1549,7 @@ WHY: dict[str, str] = {
 }
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "datasets": render_datasets,
     "bnstats": render_bnstats,
     "main": render_main,
     "layers": render_layers,
@@ -1423,6 +1562,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 RUN: dict[str, Callable[[Zoo, Path], dict[str, Any]]] = {
+    "datasets": section_datasets,
     "bnstats": section_bnstats,
     "main": section_main,
     "layers": section_layers,
@@ -1541,6 +1681,15 @@ def _verdict(key: str, r: dict[str, Any]) -> str:
             else "Not reproduced"
         )
         return f"{how}: mean RA gain {t:+.1f} on the updated backbone vs {i:+.1f} in-domain."
+    if key == "datasets":
+        rec, n, k = r["recovered"], len(r["rows"]), len(r["consistent"])
+        ok = rec is not None and rec >= 0.7 and k >= 15 * n / 19
+        how = "Supported" if ok else "Partly supported" if (rec or 0) > 0 else "Not reproduced"
+        share = f"{100 * rec:.0f}%" if rec is not None else "–"
+        return (
+            f"{how}: transferred signatures recover {share} of the own signatures' mean RA "
+            f"gain; the same corruption's signatures are closest for {k} of {n} corruptions."
+        )
     if key == "bnstats":
         b, s = r["best"], r["summary"]
         conv = s["conv only"]
@@ -1799,6 +1948,8 @@ def run_sections(
     for key in keys:
         if key == "bnstats" and not z.has_bn and getattr(args, "_all", False):
             continue  # `all` on a network without batch norm
+        if key == "datasets" and not args.other_work and getattr(args, "_all", False):
+            continue  # `all` without another data set's entry
         t0 = time.time()
         print(f"[results] {key} ...", flush=True)
         res = RUN[key](z, out / f"{key}.png")
@@ -1828,6 +1979,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-epochs", type=float, default=DEFAULTS["transfer_epochs"])
     p.add_argument("--transfer-lr", type=float, default=DEFAULTS["transfer_lr"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--other-work", default=None, help="section 8b: the other data set's work")
+    p.add_argument("--other-folder", default=None, help="section 8b: its exported folder")
+    p.add_argument("--other-limit", type=int, default=None, help="section 8b: its test images")
     return p
 
 

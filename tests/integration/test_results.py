@@ -222,12 +222,15 @@ def test_report_has_every_section_and_keeps_foreign_text(report: Path) -> None:
     text = (report / "results.md").read_text()
     for key, title in R.SECTIONS.items():
         assert text.count(f"## {title}") == 1
-        if key != "bnstats":
+        if key not in ("bnstats", "datasets"):
             assert f"![{title}](results/" in text
     # `all` skips the batch-norm section on a network without batch norm, and says why
     assert not (report / "results" / "bnstats.json").exists()
     assert "Does not apply: vgg16_cifar has no batch norm." in text
-    assert "stale" not in text and "Not yet run" not in text
+    assert "stale" not in text
+    # section 8b needs a second entry on another data set: the only one not run
+    not_run = text.split("## Not yet run")[1].split("\n## ")[0]
+    assert "benchmarks/results.py datasets" in not_run and "results.py main" not in not_run
     assert text.count("Detector text 42.") == 1 and "<!-- auto-patch -->" in text
     assert "## Notes by someone else\n\nkeep me" in text
     assert text.count("**Difference and why.**") == 8
@@ -313,3 +316,68 @@ def test_batch_norm_entry_sections(bn_zoo: dict[str, Path], report: Path, tmp_pa
     assert "### `tiny-bn` ([full report](results/tiny-bn/README.md))" in text
     assert "+ robust statistics swapped in" in text
     assert R.write_doc(out, tmp_path / "results.md") == text
+
+
+def test_across_data_sets(bn_zoo: dict[str, Path], tmp_path: Path) -> None:
+    """Section 8b on a second tiny entry fine-tuned from the batch-norm zoo's θ_pre on a
+    100-class data set: every number is the real measurement, and a foreign lineage is refused."""
+    import numpy as np
+
+    data = tmp_path / "tin-data"
+    data.mkdir()
+    for name, n, seed in (("train.npz", 300, 0), ("val.npz", 80, 1)):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 100, n)
+        x = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        np.savez(data / name, x=x, y=y.astype(np.int64))
+    spec = ZooSpec(
+        name="tiny-tin",
+        architecture="vgg16_bn_cifar",
+        dataset="tinyimagenet32",
+        data=str(data),
+        work=str(tmp_path / "tin"),
+        export=str(tmp_path / "tin-folder"),
+        pretrained=str(bn_zoo["work"] / "pretrain/final.safetensors"),
+        width=0.125,
+        head_epochs=0.5,
+        clean_epochs=0.5,
+        robust_epochs=0.5,
+        corruptions=["fog", "contrast"],
+        layers=3,
+        eval_limit=80,
+        jobs=1,
+    )
+    ZooBuilder(spec, progress=False).run()
+    out = tmp_path / "docs"
+    args = ["--work", str(bn_zoo["work"]), "--folder", str(bn_zoo["folder"])]
+    args += ["--out", str(out / "results"), "--doc", str(out / "results.md"), "--limit", "64"]
+    args += ["--other-work", spec.work, "--other-folder", spec.export, "--threads", "1"]
+    assert R.main(["datasets", *args]) == 0
+    r = json.loads((out / "results" / "datasets.json").read_text())
+    assert r["other"] == {"zoo": "tiny-tin", "dataset": "tinyimagenet32", "test_images": 80}
+    z = R.Zoo(R.build_parser().parse_args(["main", *args]))
+    o = R.Zoo(R.build_parser().parse_args(["main", "--work", spec.work, "--folder", spec.export]))
+    model = o.backbone
+    with patch(model, {z.signature("fog"): 1.0}):
+        assert o.acc(model, "fog") == r["rows"]["fog"]["transferred"]
+    cos = r["cosine"]["matrix"]
+    assert cos[0][0] == pytest.approx(R.conv_cosine(z.signature("fog"), o.signature("fog")))
+    assert len(cos) == 2 and min(map(min, cos)) >= -1 and max(map(max, cos)) <= 1
+    text = (out / "results.md").read_text()
+    assert "## 8b. Transferable across data sets" in text and "transferred" in text
+    # another lineage: refused
+    foreign = tmp_path / "foreign-work"
+    (foreign / "signatures").mkdir(parents=True)
+    from rws_hub.core.signature import Signature
+
+    for c in ("fog", "contrast"):
+        sig = Signature.load(Path(spec.work) / "signatures" / f"{c}.safetensors")
+        sig.replace(lineage="sha256:0000000000000000").save(
+            foreign / "signatures" / f"{c}.safetensors"
+        )
+        (foreign / "robust" / c).mkdir(parents=True)
+        (foreign / "robust" / c / "final.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit, match="lineage"):
+        R.main(
+            ["datasets", *args[:-6], "--other-work", str(foreign), "--other-folder", spec.export]
+        )
