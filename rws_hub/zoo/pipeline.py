@@ -30,7 +30,7 @@ from rws_hub.core.signature import Signature
 from rws_hub.datasets import DatasetSpec, get_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
-from rws_hub.io.folder import save_model_folder
+from rws_hub.io.folder import SIGNATURE_SETS, save_model_folder
 from rws_hub.zoo.entries import DEFAULT_ENTRY, STORE_DIR, get_entry
 from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
 from rws_hub.zoo.training import TrainConfig, build_model, resolve_device, train
@@ -235,6 +235,18 @@ def quantize_signature(sig: Signature, storage: str) -> Signature:
     return sig.quantize(**options)
 
 
+def _reference(source: Path, export: Path, pre: dict[str, torch.Tensor]) -> dict[str, str]:
+    """A ``signature_sets`` entry for the folder whose θ_pre an entry adopted: its signatures
+    serve this backbone too, as ``<its data set>.<name>``."""
+    other = json.loads((source / "config.json").read_text())
+    rel = os.path.relpath(source.resolve(), export.resolve())
+    return {
+        "folder": Path(rel).as_posix(),
+        "lineage": fingerprint(pre),
+        "prefix": f"{other.get('dataset', source.name)}.",
+    }
+
+
 def eval_rows(
     res: dict[str, Any], severity: int | str, corruptions: list[str] | None = None
 ) -> dict[str, dict[str, float | None]]:
@@ -419,6 +431,9 @@ class ZooBuilder:
         if self.spec.pretrained:
             # θ_pre is another entry's (it ships there): this folder names its lineage only
             config["lineage"] = fingerprint(pre)
+            source = Path(self.spec.pretrained).parent
+            if (source / "config.json").is_file():  # θ_pre of a published model folder
+                config[SIGNATURE_SETS] = [_reference(source, Path(self.spec.export), pre)]
             pre = None
             # and its normalisation, which the fine-tunes kept (a part of θ_pre)
             state = model.state_dict()

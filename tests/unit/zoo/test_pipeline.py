@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -194,3 +195,24 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
         with rws_hub.patch(model, {c10.signatures["fog"]: 1.0}):  # transferred: same lineage
             moved = model(x)
     assert clean.shape == (4, 100) and not torch.allclose(clean, moved)
+    # θ_pre came from a model folder: its signature set is referenced, not copied
+    tin2 = dataclasses.replace(
+        tin,
+        pretrained=str(tmp_path / "c10-folder/pretrained.safetensors"),
+        export=str(tmp_path / "tin-folder-2"),
+    )
+    ZooBuilder(tin2, progress=False).run(("export",))
+    linked = ModelFolder.load(tin2.export)
+    assert linked.config["signature_sets"] == [
+        {"folder": "../c10-folder", "lineage": fingerprint(theta_pre), "prefix": "cifar10."}
+    ]
+    assert sorted(linked.signature_names()) == [
+        "cifar10.contrast",
+        "cifar10.fog",
+        "contrast",
+        "fog",
+    ]
+    assert torch.equal(
+        linked.signatures["cifar10.fog"].tensors["features.0.weight"],
+        c10.signatures["fog"].tensors["features.0.weight"],
+    )
