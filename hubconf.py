@@ -1,9 +1,9 @@
 """torch.hub entrypoints of rws-hub: a clean backbone plus its Robust Weight Signatures.
 
-    model = torch.hub.load("<owner>/rws-hub", "cifar10_vgg16", signatures="all")
-    model = torch.hub.load("/path/to/clone", "cifar10_vgg16", source="local",
+    model = torch.hub.load("<owner>/rws-hub", "cifar10_vgg16_bn", signatures="all")
+    model = torch.hub.load("/path/to/clone", "cifar10_vgg16_bn", source="local",
                            patch={"fog": 1.0})
-    model = torch.hub.load("/path/to/clone", "cifar10_vgg16", source="local", patch="auto")
+    model = torch.hub.load("/path/to/clone", "cifar10_vgg16_bn", source="local", patch="auto")
     sig = torch.hub.load("/path/to/clone", "signature", "gaussian_noise", source="local")
 
 One entrypoint per zoo entry, generated from its weights enum in ``rws_hub.zoo.weights``
@@ -32,6 +32,7 @@ def _auto(folder, device):
 
 
 # -- one line per zoo entry ------------------------------------------------------------------
+cifar10_vgg16_bn = _weights.entrypoint(_weights.CIFAR10_VGG16_BN_Weights, auto=_auto)
 cifar10_vgg16 = _weights.entrypoint(_weights.CIFAR10_VGG16_Weights, auto=_auto)
 
 # -- generic entrypoints ---------------------------------------------------------------------

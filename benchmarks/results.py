@@ -1493,11 +1493,12 @@ WHY: dict[str, str] = {
     "statistics a signature also carries have a scale of their own and would decide the "
     "cosine alone.",
     "bnstats": "Each θ_c is fine-tuned on batches that are {pct:.0f}% corrupted, so its running "
-    "statistics are those of that mix; the covered units' statistics are what moves most under "
-    "a corruption (the mean and variance of the first feature maps follow the image "
-    "statistics directly). Running statistics are not trained weights, so projecting out their "
-    "clean component has no principled reason; 'swap' carries the robust statistics as they "
-    "are. The variance delta is a difference floored at 0 by the kernel. Measured on "
+    "statistics are those of that mix; the covered units' statistics move most under a "
+    "corruption (the first feature maps follow the image statistics directly), which is why a "
+    "signature without them recovers so little. 'Swap' puts the robust model's statistics in "
+    "as they are (α = 1); 'projected' treats them like the weights, adding the robust change "
+    "without its component along the clean change θ_std − θ_pre, which θ_std already holds. "
+    "The variance delta is a plain difference, floored at 0 by the kernel. Measured on "
     "{images} test images (one image = {img:.2f} points).",
     "main": "The paper fine-tunes full-width VGG-16 from ImageNet weights for 50 epochs per "
     "model; this zoo (CPU budget) uses a half-width VGG-16 whose θ_pre is trained on CIFAR-10 "
@@ -1813,6 +1814,14 @@ def _images_line(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _sweep_of(results: dict[str, dict[str, Any]], setup: dict[str, Any]) -> list[str]:
+    """The corruptions the sweep sections ran on (the first of them that was run)."""
+    for key in ("alpha", "depth", "compose", "quant", "transfer"):
+        if key in results:
+            return list(results[key]["setup"]["sweep"])
+    return list(setup["sweep"])
+
+
 def _setup_line(s: dict[str, Any]) -> str:
     unit = "units (conv + batch norm)" if s.get("batch_norm") else "conv layers"
     return (
@@ -1849,6 +1858,12 @@ def other_entries(out: Path, doc: Path) -> list[str]:
             rel = os.path.relpath(report, doc.parent).replace(os.sep, "/")
             title += f" ([full report]({rel}))"
         lines += [title, "", _setup_line(s), "", f"**Main table.** {render_main(main)}", ""]
+        if (d / "depth.json").exists():
+            depth = json.loads((d / "depth.json").read_text())
+            lines += [
+                f"**K sweep ({SECTIONS['depth'].split('. ', 1)[1]}).** {render_depth(depth)}",
+                "",
+            ]
         if (d / "bnstats.json").exists():
             bn = json.loads((d / "bnstats.json").read_text())
             lines += [
@@ -1884,8 +1899,9 @@ def write_doc(out: Path, doc: Path) -> str:
         s = setup
         lines += [
             _setup_line(s),
-            f"- {len(s['corruptions'])} corruptions; sweeps (sections 4–7) use "
-            f"{', '.join(s['sweep'])}.",
+            f"- {len(s['corruptions'])} corruptions; the sweeps (sections 4–8) use "
+            f"{', '.join(_sweep_of(results, s))} (recorded as `setup.sweep` in each section's "
+            "JSON; its command line passes the same `--sweep`).",
             _images_line(results),
             "",
         ]

@@ -84,7 +84,7 @@ class ZooSpec:
         ``overrides``; a name that is not an entry gets the plain defaults, with its own work
         and export folders (``runs/zoo/<name>``, ``model-store/<name>``)."""
         try:
-            entry = get_entry(name or DEFAULT_ENTRY.name)
+            entry = get_entry(name or DEFAULT_ENTRY.name, planned=True)
         except ValueError:
             own = {"name": name, "work": f"runs/zoo/{name}", "export": f"{STORE_DIR}/{name}"}
             return cls(**(own | overrides))

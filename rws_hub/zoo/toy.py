@@ -18,10 +18,10 @@ from rws_hub.archs import create_model
 from rws_hub.core.signature import Signature
 from rws_hub.detect import CorruptionDetector, detector_classes
 from rws_hub.io.folder import ModelFolder, add_detector, save_model_folder
-from rws_hub.zoo.entries import DEFAULT_ENTRY
 
-ARCHITECTURE = DEFAULT_ENTRY.architecture
-"""Toy folders use the default entry's architecture (at a tiny width)."""
+ARCHITECTURE = "vgg16_cifar"
+"""Toy folders use the first entry's architecture (no batch norm) at a tiny width; the shipped
+entries themselves, batch norm included, are served in ``tests/integration/test_entries.py``."""
 
 __all__ = ["TOY_SIGNATURES", "add_toy_detector", "make_toy_folder"]
 

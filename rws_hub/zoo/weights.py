@@ -48,6 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 __all__ = [
     "FOLDER_ENV",
     "REPO_ROOT",
+    "CIFAR10_VGG16_BN_Weights",
     "CIFAR10_VGG16_Weights",
     "RWSWeights",
     "WeightsSpec",
@@ -271,6 +272,15 @@ def default_weights() -> RWSWeights:
 
 
 # -- the entries' enums -----------------------------------------------------------------------
+
+
+@register_weights
+class CIFAR10_VGG16_BN_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
+    """VGG-16 with batch norm (32x32 variant) trained on CIFAR-10, with its corruption
+    signatures: the embedded default."""
+
+    RWS_V1 = WeightsSpec.of(get_entry("cifar10-vgg16-bn"))
+    DEFAULT = RWS_V1
 
 
 @register_weights

@@ -51,8 +51,9 @@ from helpers.hub import REPO_ROOT, make_tiny_folder  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
 from rws_hub.inference.parsing import decode_image  # noqa: E402
 from rws_hub.integrations import gradio_app as demo_app  # noqa: E402
+from rws_hub.zoo.entries import DEFAULT_ENTRY  # noqa: E402
 
-EMBEDDED = REPO_ROOT / "model-store" / "cifar10-vgg16"
+EMBEDDED = REPO_ROOT / DEFAULT_ENTRY.folder
 EXAMPLE = REPO_ROOT / "demo" / "examples" / "automobile-gaussian_noise.png"
 SIGNATURE = "gaussian_noise"
 

@@ -1,7 +1,7 @@
 """torch.hub entrypoints (hubconf.py) and the torchvision-style weights enum, with no network.
 
 The folder comes from ``RWS_HUB_FOLDER`` (a tiny folder built here) and, when the lead's real
-one exists, from the embedded ``model-store/cifar10-vgg16/``.
+one exists, from the embedded default folder (``DEFAULT_ENTRY.folder``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from PIL import Image
 import rws_hub
 from rws_hub.datasets import get_dataset
 from rws_hub.io.folder import ModelFolder, signature_file, verify_folder
-from rws_hub.zoo.weights import FOLDER_ENV, CIFAR10_VGG16_Weights
+from rws_hub.zoo.entries import DEFAULT_ENTRY, ENTRIES
+from rws_hub.zoo.weights import FOLDER_ENV, get_weights_enum
 
-EMBEDDED = REPO_ROOT / "model-store" / "cifar10-vgg16"
+EMBEDDED = REPO_ROOT / DEFAULT_ENTRY.folder
+DEFAULT = DEFAULT_ENTRY.entrypoint  # the entry RWS_HUB_FOLDER overrides
+Weights = get_weights_enum(DEFAULT)
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +49,21 @@ def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_load_local_backbone(hub_env: Path) -> None:
-    model = load("cifar10_vgg16")
+    model = load(DEFAULT)
     ref = ModelFolder.load(hub_env, signatures=None).model
     x = torch.rand(3, 3, 32, 32)
     assert torch.equal(logits(model, x), logits(ref, x))
     assert model.rws_signatures == {} and model.rws_refused == {}
     assert model.rws_architecture == "vgg16_cifar" and not model.training
-    model = load("cifar10_vgg16", signatures="all")
+    model = load(DEFAULT, signatures="all")
     assert list(model.rws_signatures) == list(NAMES)
-    assert list(load("cifar10_vgg16", signatures=["fog"]).rws_signatures) == ["fog"]
+    assert list(load(DEFAULT, signatures=["fog"]).rws_signatures) == ["fog"]
 
 
 def test_patched_differs_and_equals_core_api(hub_env: Path) -> None:
     x = torch.rand(4, 3, 32, 32)
-    plain = load("cifar10_vgg16", signatures="all")
-    patched = load("cifar10_vgg16", patch={"fog": 1.0, "contrast": 0.5})
+    plain = load(DEFAULT, signatures="all")
+    patched = load(DEFAULT, patch={"fog": 1.0, "contrast": 0.5})
     assert set(patched.rws_signatures) == {"fog", "contrast"}
     assert dict(rws_hub.active_mix(patched)) == {"contrast": 0.5, "fog": 1.0}
     out_plain, out_patched = logits(plain, x), logits(patched, x)
@@ -82,7 +85,7 @@ def test_signature_entrypoint(hub_env: Path) -> None:
 
 
 def test_untrained_model(hub_env: Path) -> None:
-    model = load("cifar10_vgg16", pretrained=False)
+    model = load(DEFAULT, pretrained=False)
     ref = ModelFolder.load(hub_env, signatures=None).model.state_dict()
     sd = model.state_dict()
     assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in ref.items()}
@@ -96,7 +99,7 @@ def test_refused_signature_reported(hub_env: Path, tmp_path: Path, monkeypatch) 
     (copy / signature_file("fog")).write_bytes(bytes(data))
     monkeypatch.setenv(FOLDER_ENV, str(copy))
     with pytest.warns(UserWarning, match="signatures/fog.safetensors: sha256 mismatch"):
-        model = load("cifar10_vgg16", signatures="all")
+        model = load(DEFAULT, signatures="all")
     assert list(model.rws_refused) == ["signatures/fog.safetensors"]
     assert list(model.rws_signatures) == ["gaussian_noise", "contrast"]
 
@@ -107,18 +110,17 @@ def test_hub_list_and_help_from_torch_hub_cache(hub_env: Path, tmp_path: Path) -
     hub_dir = tmp_path / "torch" / "hub"
     hub_dir.mkdir(parents=True)
     os.symlink(REPO_ROOT, hub_dir / "owner_rws-hub_main")
-    assert torch.hub.list("owner/rws-hub:main", trust_repo=True) == ["cifar10_vgg16", "signature"]
-    doc = torch.hub.help("owner/rws-hub:main", "cifar10_vgg16", trust_repo=True)
+    listed = torch.hub.list("owner/rws-hub:main", trust_repo=True)
+    assert listed == sorted([e.entrypoint for e in ENTRIES.values()] + ["signature"])
+    doc = torch.hub.help("owner/rws-hub:main", DEFAULT, trust_repo=True)
     assert "signatures" in doc and "patch" in doc and "[0, 1]" in doc
-    model = torch.hub.load(
-        "owner/rws-hub:main", "cifar10_vgg16", patch={"fog": 1.0}, trust_repo=True
-    )
+    model = torch.hub.load("owner/rws-hub:main", DEFAULT, patch={"fog": 1.0}, trust_repo=True)
     assert dict(rws_hub.active_mix(model)) == {"fog": 1.0}
 
 
 def test_weights_enum(hub_env: Path) -> None:
-    w = CIFAR10_VGG16_Weights.DEFAULT
-    assert w is CIFAR10_VGG16_Weights.RWS_V1
+    w = Weights.DEFAULT
+    assert w is Weights.RWS_V1
     assert w.get_folder() == hub_env and w.url.endswith(w.repo_id)
     meta = w.meta
     model = ModelFolder.load(hub_env, signatures=None).model
@@ -147,9 +149,9 @@ def test_auto_patch_uses_the_folder_detector(built: Path, tmp_path: Path, monkey
     monkeypatch.setenv(FOLDER_ENV, str(root))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ValueError, match="detector"):
-        load("cifar10_vgg16", patch="auto")  # no detector shipped yet
+        load(DEFAULT, patch="auto")  # no detector shipped yet
     with pytest.raises(ValueError, match="'auto'"):
-        load("cifar10_vgg16", patch="fog")
+        load(DEFAULT, patch="fog")
     backbone = ModelFolder.load(root, signatures=None).model
     torch.manual_seed(1)
     det = CorruptionDetector(conv_channels=8, hidden=16)
@@ -158,12 +160,12 @@ def test_auto_patch_uses_the_folder_detector(built: Path, tmp_path: Path, monkey
         det.head[-1].bias[det.classes.index("fog")] = 50.0  # it always sees fog
     add_detector(root, det.state_dict(), det.spec() | {"rule": AutoRule("top1", 0.5).to_json()})
 
-    model = load("cifar10_vgg16", patch="auto")
+    model = load(DEFAULT, patch="auto")
     x = torch.rand(3, 3, 32, 32)
     out = logits(model, x)
     assert model.last_mixes == [{"fog": 1.0}] * 3
     assert model.last_detected[0][0]["class"] == "fog"
-    ref = load("cifar10_vgg16", signatures="all")
+    ref = load(DEFAULT, signatures="all")
     with rws_hub.patch(ref, {"fog": 1.0}):
         want = logits(ref, x)
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
@@ -173,17 +175,17 @@ def test_auto_patch_uses_the_folder_detector(built: Path, tmp_path: Path, monkey
 
 @pytest.mark.skipif(
     not (EMBEDDED / "config.json").is_file(),
-    reason="model-store/cifar10-vgg16 is not built yet (rws zoo build writes it)",
+    reason=f"{DEFAULT_ENTRY.folder} is not built yet (rws zoo build writes it)",
 )
 def test_embedded_model_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(FOLDER_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert verify_folder(EMBEDDED) == {}
-    w = CIFAR10_VGG16_Weights.DEFAULT
+    w = Weights.DEFAULT
     assert w.get_folder() == EMBEDDED
     meta = w.meta
     assert isinstance(meta["ta"], float) and meta["signatures"]
-    model = load("cifar10_vgg16", signatures="all")
+    model = load(DEFAULT, signatures="all")
     assert model.rws_refused == {} and list(model.rws_signatures) == meta["signatures"]
     name = meta["signatures"][0]
     x = torch.rand(2, 3, 32, 32)
@@ -195,7 +197,7 @@ def test_embedded_model_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     with rws_hub.patch(model, {sig: 1.0}):
         assert torch.equal(logits(model, x), patched)
     # "auto": the shipped detector picks each image's mix; equal to patching by hand
-    auto = load("cifar10_vgg16", patch="auto")
+    auto = load(DEFAULT, patch="auto")
     foggy = torch.from_numpy(np.array(Image.open(REPO_ROOT / "demo/examples/airplane-fog.png")))
     foggy = foggy.permute(2, 0, 1)[None].float() / 255
     got = logits(auto, foggy)

@@ -9,7 +9,9 @@ from statistics import mean
 import pytest
 from helpers.hub import REPO_ROOT
 
-FOLDER = REPO_ROOT / "model-store" / "cifar10-vgg16"
+from rws_hub.zoo.entries import DEFAULT_ENTRY
+
+FOLDER = REPO_ROOT / DEFAULT_ENTRY.folder
 
 
 @pytest.mark.skipif(not (FOLDER / "config.json").is_file(), reason="no embedded model folder")

@@ -45,6 +45,7 @@ def zoo(tiny_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     root = tmp_path_factory.mktemp("results_zoo")
     spec = ZooSpec(
         name="tiny",
+        architecture="vgg16_cifar",
         data=str(tiny_cifar),
         work=str(root / "work"),
         export=str(root / "folder"),

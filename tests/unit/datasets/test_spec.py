@@ -19,6 +19,7 @@ from rws_hub.datasets import (
     unregister_dataset,
 )
 from rws_hub.datasets.arrays import load_dataset, load_images
+from rws_hub.zoo.entries import DEFAULT_ENTRY
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 
@@ -98,7 +99,7 @@ def test_config_keys_and_lookup(toy_data: DatasetSpec) -> None:
 
 
 def test_cifar10_spec_matches_the_embedded_folder() -> None:
-    folder = Path(__file__).resolve().parents[3] / "model-store" / "cifar10-vgg16"
+    folder = Path(__file__).resolve().parents[3] / DEFAULT_ENTRY.folder
     if not (folder / "config.json").is_file():
         pytest.skip("no embedded model folder")
     config = json.loads((folder / "config.json").read_text())

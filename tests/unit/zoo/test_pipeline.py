@@ -20,6 +20,7 @@ from rws_hub.zoo.pipeline import ZooBuilder, ZooSpec  # noqa: E402
 def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     spec = ZooSpec(
         name="tiny",
+        architecture="vgg16_cifar",
         data=str(tiny_cifar),
         work=str(tmp_path / "work"),
         export=str(tmp_path / "folder"),
