@@ -322,7 +322,7 @@ def test_rws_demo_prints_the_url_and_stops_on_ctrl_c(folder):
             page = resp.read().decode()
         assert resp.status == 200 and "Robust Weight Signatures" in page
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -402,7 +402,7 @@ def test_rws_up_runs_the_whole_stack_and_ctrl_c_stops_it(folder, engine, tmp_pat
         assert [s["name"] for s in info["signatures"]] == list(NAMES)
 
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=120) == 0
         rest = proc.stdout.read()
         assert "rws up: stopped" in rest, rest
         assert not (run_dir / "stack.json").exists()

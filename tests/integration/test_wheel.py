@@ -179,7 +179,7 @@ def test_rws_demo_from_the_wheel_serves_the_page(installed, folder) -> None:
             page = resp.read().decode()
         assert resp.status == 200 and "Robust Weight Signatures" in page
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
