@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "make_serving_folder",
     "png",
     "same_answer",
+    "sigint_default",
     "session",
     "start_server",
     "stop_server",
@@ -96,3 +98,10 @@ def assert_same(answer: dict, want: dict) -> None:
     got = [p["probability"] for p in answer["predictions"]]
     ref = [p["probability"] for p in want["predictions"]]
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a command a test stops with Ctrl-C (SIGINT): the child starts with
+    SIGINT's default action, as from a terminal. A test run started as a background job (``cmd
+    &``, ``nohup``) has SIGINT ignored, and children inherit that, so Ctrl-C would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -28,6 +28,7 @@ pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from helpers.hub import NAMES, REPO_ROOT, make_tiny_folder  # noqa: E402
+from helpers.serving import sigint_default  # noqa: E402
 
 from rws_hub.datasets.corruptions import corrupt  # noqa: E402
 from rws_hub.inference.engine import Engine  # noqa: E402
@@ -307,6 +308,7 @@ def test_rws_demo_prints_the_url_and_stops_on_ctrl_c(folder):
         text=True,
         env=env,
         cwd=REPO_ROOT,
+        preexec_fn=sigint_default,
     )
     try:
         deadline = time.monotonic() + 90
@@ -374,6 +376,7 @@ def test_rws_up_runs_the_whole_stack_and_ctrl_c_stops_it(folder, engine, tmp_pat
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         cwd=REPO_ROOT,
+        preexec_fn=sigint_default,
     )
     lines: list[str] = []
     try:

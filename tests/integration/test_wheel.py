@@ -27,7 +27,15 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO_ROOT
-from helpers.serving import HAVE_TORCHSERVE, b64, expected, free_ports, png, same_answer
+from helpers.serving import (
+    HAVE_TORCHSERVE,
+    b64,
+    expected,
+    free_ports,
+    png,
+    same_answer,
+    sigint_default,
+)
 
 from rws_hub.inference.engine import Engine
 from rws_hub.launch import torchserve as serving
@@ -166,6 +174,7 @@ def test_rws_demo_from_the_wheel_serves_the_page(installed, folder) -> None:
         text=True,
         env=installed["env"],
         cwd=installed["cwd"],
+        preexec_fn=sigint_default,
     )
     try:
         deadline = time.monotonic() + 120
