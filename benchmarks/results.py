@@ -1221,12 +1221,13 @@ def render_transfer(r: dict[str, Any]) -> str:
 
 
 def conv_cosine(a: Signature, b: Signature) -> float:
-    """Cosine between two signatures over the conv weights they share (4-D tensors): the
+    """:func:`~rws_hub.core.signature.cosine` over the conv weights (4-D tensors) only: the
     direction of the weight change, without batch-norm statistics whose scale would dominate."""
-    names = [n for n in a.tensors if n in b.tensors and a.tensors[n].dim() == 4]
-    x = torch.cat([a.tensors[n].double().reshape(-1) for n in names])
-    y = torch.cat([b.tensors[n].double().reshape(-1) for n in names])
-    return float(x @ y / (x.norm() * y.norm()))
+
+    def convs(s: Signature) -> Signature:
+        return Signature(s.name, {n: t for n, t in s.tensors.items() if t.dim() == 4})
+
+    return cosine(convs(a), convs(b))
 
 
 def section_datasets(z: Zoo, png: Path) -> dict[str, Any]:
