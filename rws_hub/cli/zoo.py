@@ -26,6 +26,8 @@ def _parse_value(name: str, raw: str):
     if name == "eval_limit":
         return None if raw in ("none", "all", "0") else int(raw)
     kind = str(f.type)
+    if "None" in kind and raw.lower() in ("none", "all"):
+        return None
     if "float" in kind:
         return float(raw)
     if "int" in kind:

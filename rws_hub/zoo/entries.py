@@ -82,8 +82,13 @@ TINYIMAGENET32_VGG16_BN = ZooEntry(
     "classes), with its corruption signatures (same lineage: the CIFAR-10 signatures patch it)",
     recipe={
         "pretrained": "model-store/cifar10-vgg16-bn/pretrained.safetensors",
+        # adapt: the first 7 units (the signature's) keep θ_pre, the rest learns the 100 classes
+        "head_epochs": 6.0,
+        "head_lr": 0.05,
+        "head_frozen_units": 7,
+        # the CIFAR-10 fine-tunes' step counts (about 190 clean, 150 robust at batch 128)
         "clean_epochs": 1.0,
-        "robust_epochs": 0.5,
+        "robust_epochs": 0.8,
     },
 )
 

@@ -77,6 +77,9 @@ class ZooSpec:
     pretrained: str | None = None
     head_epochs: float = 2.0
     head_lr: float = 0.1
+    # the head stage's frozen part: None = the whole trunk (a linear probe); K = the first K
+    # units (the signature's layers keep θ_pre's values), every later layer adapts too
+    head_frozen_units: int | None = None
 
     @classmethod
     def for_entry(cls, name: str | None = None, **overrides: Any) -> ZooSpec:
@@ -150,6 +153,7 @@ class ZooSpec:
             epochs=self.head_epochs,
             lr=self.head_lr,
             schedule="cosine",
+            frozen_units=self.head_frozen_units,
             **self._base(),
         )
 

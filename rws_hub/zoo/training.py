@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rws_hub.archs import create_model
+from rws_hub.core.layers import shallow_units
 from rws_hub.core.seeding import seeded_generator
 from rws_hub.datasets import DatasetSpec, default_dataset, get_dataset
 from rws_hub.datasets.arrays import ImageArrays, load_images
@@ -61,6 +62,9 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.4, 0.8])  # fractions of the run
     label_smoothing: float = 0.0
     augment: bool = True  # random crop (pad 4) + horizontal flip
+    # head stage: None trains only the classifier on a frozen trunk; K keeps the first K units
+    # (conv + batch norm, forward order) frozen and trains every later layer with the classifier
+    frozen_units: int | None = None
     corruption: str | None = None  # robust stage: which corruption
     severity: int | list[int] = 5  # one severity, or a list to draw from per batch
     corrupt_fraction: float = 1.0  # robust stage: share of each batch that is corrupted
@@ -98,6 +102,11 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}")
         if not 0.0 < self.corrupt_fraction <= 1.0:
             raise ValueError("corrupt_fraction must be in (0, 1]")
+        if self.frozen_units is not None:
+            if self.stage != "head":
+                raise ValueError("frozen_units belongs to the head stage")
+            if isinstance(self.frozen_units, bool) or self.frozen_units < 1:
+                raise ValueError(f"frozen_units must be a positive int, not {self.frozen_units!r}")
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -203,14 +212,27 @@ def classifier_names(model: nn.Module) -> set[str]:
     return {f"{last}.{k}" for k, _ in model.get_submodule(last).named_parameters()}
 
 
+def frozen_modules(model: nn.Module, cfg: TrainConfig) -> set[str]:
+    """Names of the modules the ``head`` stage keeps as they are (parameters frozen, batch
+    norms in eval mode): the whole trunk, or the first ``cfg.frozen_units`` units' convs and
+    batch norms. Empty for the other stages."""
+    if cfg.stage != "head":
+        return set()
+    if cfg.frozen_units is None:
+        head = {n.rsplit(".", 1)[0] for n in classifier_names(model)}
+        return {n for n, _ in model.named_modules() if n and n not in head}
+    units = shallow_units(model, cfg.frozen_units)
+    return {u.conv for u in units} | {u.norm for u in units if u.norm is not None}
+
+
 def _train_mode(model: nn.Module, cfg: TrainConfig) -> None:
-    """Training mode; for the ``head`` stage everything but the classifier stays in eval mode
-    (batch norms keep their statistics)."""
+    """Training mode, but the modules the ``head`` stage freezes stay in eval mode (their batch
+    norms keep their statistics)."""
     model.train()
-    if cfg.stage == "head":
-        for m in model.modules():
-            if not isinstance(m, nn.Linear):
-                m.eval()
+    frozen = frozen_modules(model, cfg)
+    for name, m in model.named_modules():
+        if name in frozen:
+            m.eval()
 
 
 def _save_checkpoint(
@@ -266,12 +288,14 @@ def train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
-    if cfg.stage == "head":  # a new classifier on a frozen trunk
-        head = classifier_names(model)
-        named = dict(model.named_parameters())
-        for name, p in named.items():
-            p.requires_grad_(name in head)
-        params = [named[n] for n in sorted(head)]
+    if cfg.stage == "head":  # a new classifier; the trunk or its first units stay frozen
+        frozen = frozen_modules(model, cfg)
+        params = []
+        for name, p in model.named_parameters():
+            keep = name.rsplit(".", 1)[0] in frozen
+            p.requires_grad_(not keep)
+            if not keep:
+                params.append(p)
     opt = torch.optim.SGD(
         params,
         lr=cfg.lr,

@@ -83,6 +83,49 @@ def test_two_epochs_learn_and_resume_exactly(tiny_cifar: Path, tmp_path: Path) -
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_head_stage_freezes_the_trunk_or_its_first_units(
+    tiny_cifar: Path, tmp_path: Path
+) -> None:
+    """``frozen_units=None`` trains the classifier alone; ``frozen_units=K`` keeps the first K
+    units (conv weights, batch-norm affine and statistics) at their initial values and trains
+    everything after them."""
+    from rws_hub.core.layers import unit_params
+
+    start = train(_cfg(tiny_cifar, tmp_path / "pre", architecture="vgg16_bn_cifar", epochs=1))
+    assert start is not None
+    init = load_file(str(start))
+
+    def head(frozen: int | None, out: str) -> dict[str, torch.Tensor]:
+        cfg = _cfg(
+            tiny_cifar,
+            tmp_path / out,
+            stage="head",
+            architecture="vgg16_bn_cifar",
+            init=str(start),
+            epochs=1,
+            frozen_units=frozen,
+        )
+        done = train(cfg, progress=False)
+        assert done is not None
+        return load_file(str(done))
+
+    def changed(state: dict[str, torch.Tensor]) -> set[str]:
+        return {k for k, v in state.items() if not torch.equal(v, init[k])}
+
+    probe = changed(head(None, "probe"))
+    assert probe and all(k.startswith("classifier.") for k in probe)
+    first = set(unit_params(init, 3))  # conv weights and their batch norms (statistics too)
+    moved = changed(head(3, "adapt"))
+    assert not moved & first
+    later = set(unit_params(init, 4)) - first
+    assert {k for k in later if not k.endswith("num_batches_tracked")} <= moved
+    assert "classifier.weight" in moved
+    with pytest.raises(ValueError, match="head stage"):
+        train(_cfg(tiny_cifar, tmp_path / "x", stage="clean", init=str(start), frozen_units=2))
+    with pytest.raises(ValueError, match="positive"):
+        train(_cfg(tiny_cifar, tmp_path / "y", stage="head", init=str(start), frozen_units=0))
+
+
 def test_resume_refuses_another_configuration(tiny_cifar: Path, tmp_path: Path) -> None:
     cfg = _cfg(tiny_cifar, tmp_path)
     train(cfg, progress=False, max_steps=2)
