@@ -94,6 +94,8 @@ class ModelInfo:
     """The folder's ``config["metrics"]`` (clean accuracy, per-corruption RA), when known."""
     where: str = ""
     """The backend in words (shown on the page)."""
+    examples: list[str] = field(default_factory=list)
+    """Example image files (see :func:`example_files`)."""
 
     def parser(self) -> RequestParser:
         """A request parser with this model's signatures and limits."""
@@ -147,7 +149,7 @@ class LocalBackend:
         engine: a :class:`rws_hub.inference.engine.Engine`.
     """
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, examples: list[str] | None = None) -> None:
         self.engine = engine
         config = getattr(engine, "config", {}) or {}
         self.info = ModelInfo(
@@ -160,14 +162,18 @@ class LocalBackend:
             allow_negative=engine.allow_negative,
             metrics=dict(config.get("metrics") or {}),
             where=f"in-process engine ({engine.device})",
+            examples=example_files(None, engine.classes) if examples is None else examples,
         )
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | None = None) -> LocalBackend:
         """An engine on the model folder ``folder``."""
-        from rws_hub.inference.engine import Engine
+        from rws_hub.inference.engine import Engine, default_device
+        from rws_hub.io.folder import ModelFolder
 
-        return cls(Engine.from_folder(folder, device=device))
+        loaded = ModelFolder.load(folder, device=torch.device(device or default_device()))
+        engine = Engine.from_folder(loaded, device=device)
+        return cls(engine, examples=example_files(loaded, engine.classes))
 
     def classify(
         self, image: torch.Tensor, mix: Mix | str | None, top_k: int = TOP_K
@@ -333,6 +339,9 @@ class RestBackend:
             allow_negative=bool(described.get("allow_negative", False)),
             metrics=metrics if isinstance(metrics, dict) else {},
             where=f"REST client of {self.base}/predictions/{self.model}",
+            examples=example_files(
+                folder, list(described.get("classes") or config.get("classes") or [])
+            ),
         )
 
     # -- inference --------------------------------------------------------------------------
@@ -529,10 +538,28 @@ def _slider_info(info: ModelInfo, name: str) -> str:
     return f"default α {format_alpha(info.defaults[name])}"
 
 
-def _example_files() -> list[str]:
-    """The shipped examples ``<class>-<corruption|clean>.png`` (:data:`EXAMPLES_DIR`), clean
-    first."""
-    files = sorted(EXAMPLES_DIR.glob("*.png"), key=lambda p: ("-clean" not in p.stem, p.stem))
+def example_files(folder: Any, classes: list[str]) -> list[str]:
+    """Example images for a model: the model folder's own ``examples/`` (``folder``: a path
+    or a loaded ``ModelFolder``), else the package's (:data:`EXAMPLES_DIR`) when the model
+    knows their classes; clean images first."""
+    files: list[Path] = []
+    if folder is not None:
+        from rws_hub.io.folder import ModelFolder
+
+        try:
+            loaded = (
+                folder
+                if isinstance(folder, ModelFolder)
+                else ModelFolder.load(folder, signatures=None)
+            )
+            files = loaded.example_files()
+        except RWSError:
+            files = []
+    if not files:
+        shipped = list(EXAMPLES_DIR.glob("*.png"))
+        if shipped and all(p.stem.rpartition("-")[0] in classes for p in shipped):
+            files = shipped
+    files = sorted(files, key=lambda p: ("-clean" not in p.stem, p.stem))
     return [str(p) for p in files]
 
 
@@ -540,7 +567,7 @@ def _suggested(path: str | bytes | None, names: list[str]) -> list[str]:
     """The signature matching an example's corruption (from its file name), if loaded."""
     if not isinstance(path, str):
         return []
-    corruption = Path(path).stem.partition("-")[2]
+    corruption = Path(path).stem.rpartition("-")[2]
     return [corruption] if corruption in names else []
 
 
@@ -696,7 +723,7 @@ def build_app(backend: Backend) -> gr.Blocks:
                     severity = gr.Slider(
                         1, 5, value=5, step=1, label="Severity", scale=2, elem_id="rws-severity"
                     )
-                examples = _example_files()
+                examples = info.examples
                 if examples:
                     gr.Examples(
                         examples=[[p] for p in examples],

@@ -85,6 +85,9 @@ MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
 SIGNATURE_DIR = "signatures"
 SIGNATURE_SUFFIX = ".safetensors"
+EXAMPLES_DIR = "examples"
+"""Optional: ``examples/<class>-<corruption|clean>.png``, images of the folder's data set for
+demos (in the manifest like every file)."""
 SIGNATURE_SETS = "signature_sets"
 """``config.json`` key: published signature sets this folder uses by lineage instead of copies,
 ``[{"folder": "../published-entry", "lineage": "sha256:...", "prefix": "pub."}]``; each
@@ -399,6 +402,22 @@ class ModelFolder:
             and isinstance(self.config.get("detector"), dict)
         )
 
+    def example_files(self) -> list[Path]:
+        """The folder's example images (``examples/*.png``), sorted; each is checked against
+        the manifest and one that fails is left out (its reason in :attr:`refused`)."""
+        if self.path is None or not (self.path / EXAMPLES_DIR).is_dir():
+            return []
+        out = []
+        for p in sorted((self.path / EXAMPLES_DIR).glob("*.png")):
+            rel = f"{EXAMPLES_DIR}/{p.name}"
+            try:
+                _verify(p, rel, self.manifest)
+            except ArtifactError as exc:
+                self.refused[rel] = str(exc)
+                continue
+            out.append(p)
+        return out
+
     def detector_state(self) -> dict[str, torch.Tensor]:
         """The detector's weights (verified); its config is ``config["detector"]``."""
         return self._optional_tensors(DETECTOR_FILE)
@@ -548,6 +567,7 @@ def save_model_folder(
     detector: nn.Module | Mapping[str, torch.Tensor] | None = None,
     card: str | None = None,
     evaluation: Mapping[str, Any] | None = None,
+    examples: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a model folder (weights, signatures, config, card, manifest) and return its path.
@@ -562,7 +582,7 @@ def save_model_folder(
     agree. The backbone must fit the config (checked by rebuilding it). ``card`` defaults to
     :func:`rws_hub.io.card.model_card` of the final config. ``evaluation`` (the measurements
     behind ``metrics``, e.g. the zoo's ``eval.json``: per corruption TA/RA and image counts) is
-    kept as ``eval.json``.
+    kept as ``eval.json``. ``examples`` (file name -> PNG bytes) go to ``examples/``.
 
     The folder is written next to ``path`` and swapped in when complete. An existing model
     folder at ``path`` is replaced as a whole; any other non-empty directory is refused unless
@@ -648,6 +668,11 @@ def save_model_folder(
     (root / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     if evaluation is not None:
         (root / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+    for name, data in (examples or {}).items():
+        if not (_NAME_RE.fullmatch(name) and name.endswith(".png")):
+            raise ValueError(f"example file names are plain <name>.png, not {name!r}")
+        (root / EXAMPLES_DIR).mkdir(exist_ok=True)
+        (root / EXAMPLES_DIR / name).write_bytes(data)
     if card is None:
         card = model_card(cfg)
     (root / CARD_FILE).write_text(card, encoding="utf-8")

@@ -30,6 +30,7 @@ from rws_hub.io.folder import (
     CARD_FILE,
     CONFIG_FILE,
     DETECTOR_FILE,
+    EXAMPLES_DIR,
     MANIFEST_FILE,
     MODEL_FILE,
     PRETRAINED_FILE,
@@ -132,7 +133,8 @@ def pull(
     if signatures == "all" and pretrained:
         patterns = None  # everything
     else:
-        patterns = [*_CORE_FILES, DETECTOR_FILE] + ([PRETRAINED_FILE] if pretrained else [])
+        patterns = [*_CORE_FILES, DETECTOR_FILE, f"{EXAMPLES_DIR}/*.png"]
+        patterns += [PRETRAINED_FILE] if pretrained else []
         if signatures == "all":
             patterns.append(f"{SIGNATURE_DIR}/*{SIGNATURE_SUFFIX}")
         elif signatures is not None:

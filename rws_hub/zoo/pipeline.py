@@ -30,6 +30,7 @@ from rws_hub.core.signature import Signature
 from rws_hub.datasets import DatasetSpec, get_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
+from rws_hub.datasets.examples import example_pngs
 from rws_hub.io.folder import SIGNATURE_SETS, save_model_folder
 from rws_hub.zoo.entries import DEFAULT_ENTRY, STORE_DIR, get_entry
 from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
@@ -453,7 +454,14 @@ class ZooBuilder:
             signatures=self.signatures(),
             pretrained=pre,
             evaluation=json.loads((self.work / "eval.json").read_text()),
+            examples=self.examples(),
         )
+
+    def examples(self) -> dict[str, bytes]:
+        """The folder's demo examples: test images of its data set, some corrupted
+        (:func:`rws_hub.datasets.examples.example_pngs`)."""
+        test = load_images(self.spec.data, "test", dataset=self.spec.dataset)
+        return example_pngs(test, self.spec.dataset_spec.classes)
 
     def run(self, steps: tuple[str, ...] = STEPS) -> None:
         """Run the given steps in pipeline order."""

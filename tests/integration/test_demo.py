@@ -243,13 +243,45 @@ def test_accuracies_show_as_percent_whether_stored_as_fractions_or_percent():
 
 
 def test_examples_ship_in_the_package_and_the_checkout_links_them():
-    """The examples are package data; ``demo/examples`` of the checkout shows the same files."""
-    files = [Path(f) for f in demo_app._example_files()]
+    """The CIFAR-10 examples are package data; ``demo/examples`` of the checkout shows the
+    same files; a model that does not know their classes gets none of them."""
+    classes = ["airplane", "automobile", "bird", "cat", "deer"]
+    classes += ["dog", "frog", "horse", "ship", "truck"]
+    files = [Path(f) for f in demo_app.example_files(None, classes)]
     assert len(files) == 8 and all(f.parent == demo_app.EXAMPLES_DIR for f in files)
     assert files[0].stem.endswith("-clean")
     linked = sorted((REPO_ROOT / "demo" / "examples").glob("*.png"))
     assert [f.name for f in linked] == sorted(f.name for f in files)
     assert all(f.read_bytes() == (demo_app.EXAMPLES_DIR / f.name).read_bytes() for f in linked)
+    assert demo_app.example_files(None, ["goldfish", "koala"]) == []
+
+
+def test_a_folder_with_its_own_examples_shows_them(folder, tmp_path):
+    """``examples/`` of a model folder (in its manifest) replace the package's; a damaged one
+    is left out and the folder records why."""
+    from rws_hub.io.folder import ModelFolder, save_model_folder
+
+    src = ModelFolder.load(folder)
+    png = EXAMPLE.read_bytes()
+    own = save_model_folder(
+        tmp_path / "own",
+        model=src.model,
+        config=src.config,
+        signatures=src.signatures,
+        examples={"goldfish-clean.png": png, "american_alligator-fog.png": png},
+    )
+    backend = demo_app.LocalBackend.from_folder(own, device="cpu")
+    names = [Path(f).name for f in backend.info.examples]
+    assert names == ["goldfish-clean.png", "american_alligator-fog.png"]
+    assert demo_app._suggested(backend.info.examples[1], ["fog"]) == ["fog"]
+    (own / "examples" / "goldfish-clean.png").write_bytes(png + b"x")
+    loaded = ModelFolder.load(own, signatures=None)
+    assert [p.name for p in loaded.example_files()] == ["american_alligator-fog.png"]
+    assert "examples/goldfish-clean.png" in loaded.refused
+    with pytest.raises(ValueError, match="plain"):
+        save_model_folder(
+            tmp_path / "bad", model=src.model, config=src.config, examples={"../x.png": png}
+        )
 
 
 def test_only_the_adapters_import_the_frameworks():

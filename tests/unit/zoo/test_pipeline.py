@@ -188,6 +188,8 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
     folder = ModelFolder.load(tin.export)
     assert folder.config["lineage"] == c10.config["lineage"] == fingerprint(theta_pre)
     assert not folder.has_pretrained() and len(folder.config["classes"]) == 100
+    examples = [p.name for p in folder.example_files()]  # its own data set's, for the demo
+    assert examples and all(p.endswith(".png") for p in examples)
     assert folder.config["mean"] == pytest.approx(theta_pre["normalize.mean"].flatten().tolist())
     model = folder.model
     x = torch.rand(4, 3, 32, 32)
