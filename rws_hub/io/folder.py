@@ -58,7 +58,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,7 @@ class ModelFolder:
         device: str | torch.device = "cpu",
         signatures: None | str | Iterable[str] = "all",
         verify: bool = True,
+        resolve: Callable[[Mapping[str, Any]], Path | None] | None = None,
     ) -> ModelFolder:
         """Load a model folder.
 
@@ -229,6 +230,9 @@ class ModelFolder:
                 the folder does not have raises :class:`ArtifactError`.
             verify: check files against ``manifest.json`` (see the module docstring). With
                 ``False`` only the consistency checks (lineage, architecture, shapes) run.
+            resolve: where a referenced signature set (:data:`SIGNATURE_SETS`) that is not
+                next to this folder lives: called with the reference, returns a folder or
+                None (:func:`rws_hub.io.hub.from_pretrained` downloads its ``repo_id``).
 
         Raises:
             ArtifactError: the folder, ``config.json``, ``model.safetensors`` or
@@ -248,7 +252,7 @@ class ModelFolder:
             folder._load_signature(name)
         if signatures is not None:
             for ref in config.get(SIGNATURE_SETS, []):
-                folder._load_signature_set(ref, verify=verify, wanted=signatures)
+                folder._load_signature_set(ref, verify=verify, wanted=signatures, resolve=resolve)
         model.rws_signatures = folder.signatures
         model.rws_lineage = config.get("lineage")
         model.rws_architecture = config["architecture"]
@@ -302,7 +306,14 @@ class ModelFolder:
             prefix = f"{rel}: "
             self.refused[rel] = msg[len(prefix) :] if msg.startswith(prefix) else msg
 
-    def _load_signature_set(self, ref: Any, *, verify: bool, wanted: str | Iterable[str]) -> None:
+    def _load_signature_set(
+        self,
+        ref: Any,
+        *,
+        verify: bool,
+        wanted: str | Iterable[str],
+        resolve: Callable[[Mapping[str, Any]], Path | None] | None = None,
+    ) -> None:
         """Load the signatures of a published set this folder references by lineage (see
         :data:`SIGNATURE_SETS`); each loads under ``prefix + name`` or is refused with why."""
         label = f"{SIGNATURE_SETS}[{ref.get('folder') if isinstance(ref, dict) else ref!r}]"
@@ -314,8 +325,11 @@ class ModelFolder:
             if self.path is None:
                 raise ArtifactError("a folder without a path cannot reference others")
             other = (self.path / ref["folder"]).resolve()
+            if not other.is_dir() and resolve is not None and ref.get("repo_id"):
+                other = resolve(ref) or other
             if not other.is_dir():
-                raise ArtifactError(f"{ref['folder']}: no such folder next to {self.path}")
+                where = f" (nor hub repo {ref['repo_id']})" if ref.get("repo_id") else ""
+                raise ArtifactError(f"{ref['folder']}: no such folder next to {self.path}{where}")
             other_config = _read_config(other)
             mine, theirs = self.config.get("lineage"), other_config.get("lineage")
             claimed = ref.get("lineage")

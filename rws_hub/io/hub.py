@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,29 @@ def from_pretrained(
             pretrained=pretrained,
             token=token,
         )
-    return ModelFolder.load(path, device=device, signatures=signatures, verify=verify)
+    resolve = _reference_resolver(cache_dir=cache_dir, token=token)
+    return ModelFolder.load(
+        path, device=device, signatures=signatures, verify=verify, resolve=resolve
+    )
+
+
+def _reference_resolver(
+    *, cache_dir: str | Path | None, token: str | None
+) -> Callable[[Mapping[str, Any]], Path | None]:
+    """For :meth:`ModelFolder.load`: a referenced signature set that is not next to the folder
+    (a hub snapshot has no siblings) comes from its ``repo_id`` (signatures, config and
+    manifest; no backbone weights needed, but the core files come along)."""
+
+    def resolve(ref: Mapping[str, Any]) -> Path | None:
+        repo = ref.get("repo_id")
+        if not isinstance(repo, str):
+            return None
+        try:
+            return pull(repo, cache_dir=cache_dir, pretrained=False, token=token)
+        except Exception as exc:  # noqa: BLE001 - any hub failure: the set is refused, says why
+            raise ArtifactError(f"hub repo {repo}: {type(exc).__name__}: {exc}") from exc
+
+    return resolve
 
 
 def signature_from_pretrained(

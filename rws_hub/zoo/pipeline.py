@@ -9,6 +9,7 @@ killed half way resumes from its last checkpoint. The export step writes the mod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -245,11 +246,15 @@ def _reference(source: Path, export: Path, pre: dict[str, torch.Tensor]) -> dict
     serve this backbone too, as ``<its data set>.<name>``."""
     other = json.loads((source / "config.json").read_text())
     rel = os.path.relpath(source.resolve(), export.resolve())
-    return {
+    ref = {
         "folder": Path(rel).as_posix(),
         "lineage": fingerprint(pre),
         "prefix": f"{other.get('dataset', source.name)}.",
     }
+    # a published entry: where the hub has it (a hub snapshot has no sibling folders)
+    with contextlib.suppress(ValueError):
+        ref["repo_id"] = get_entry(str(other.get("name", source.name)), planned=True).repo_id
+    return ref
 
 
 def eval_rows(

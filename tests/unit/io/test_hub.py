@@ -190,6 +190,45 @@ def test_offline_hub_cache(built: Path, tmp_path: Path, capfd: pytest.CaptureFix
     assert read_manifest(out / "cli") == read_manifest(built)
 
 
+REFERENCE_SCRIPT = """
+import json
+from rws_hub.io.folder import ModelFolder
+from rws_hub.io.hub import from_pretrained, pull
+folder = from_pretrained("owner/other-data")
+plain = ModelFolder.load(pull("owner/other-data"))
+print("RESULT " + json.dumps({"names": folder.signature_names(), "refused": folder.refused,
+                              "plain": plain.refused}))
+"""
+
+
+def test_a_referenced_signature_set_comes_from_its_hub_repo(built: Path, tmp_path: Path) -> None:
+    """A hub snapshot has no sibling folders: the set a folder references by lineage is
+    downloaded from the reference's ``repo_id`` (here: from the offline cache)."""
+    from rws_hub.io.folder import SIGNATURE_SETS, save_model_folder
+
+    src = ModelFolder.load(built)
+    ref = {"folder": "../tiny", "repo_id": "owner/tiny", "prefix": "c10."}
+    ref["lineage"] = src.config["lineage"]
+    config = {k: src.config[k] for k in ("architecture", "width", "lineage")}
+    other = save_model_folder(
+        tmp_path / "other", model=src.model, config=config | {SIGNATURE_SETS: [ref]}
+    )
+    hub_cache = tmp_path / "hf" / "hub"
+    populate_hf_cache(built, hub_cache, "owner/tiny")
+    populate_hf_cache(other, hub_cache, "owner/other-data")
+    proc = run_python(
+        REFERENCE_SCRIPT,
+        {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    res = json.loads(line[len("RESULT ") :])
+    assert res["names"] == [f"c10.{n}" for n in NAMES] and res["refused"] == {}
+    # without the hub (a plain load of the snapshot) the set is refused and says where it was
+    (reason,) = res["plain"].values()
+    assert "no such folder" in reason and "owner/tiny" in reason
+
+
 # -- push -------------------------------------------------------------------------------------
 
 
