@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 
 pytest.importorskip("matplotlib")
 
+from helpers.zoo import tiny_spec  # noqa: E402
+
 from rws_hub.core.layers import shallow_params  # noqa: E402
 from rws_hub.core.patching import patch  # noqa: E402
 from rws_hub.zoo.evaluation import accuracy  # noqa: E402
-from rws_hub.zoo.pipeline import ZooBuilder, ZooSpec  # noqa: E402
+from rws_hub.zoo.pipeline import ZooBuilder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CORRUPTIONS = ["gaussian_noise", "fog", "contrast"]  # in ALL_CORRUPTIONS order
@@ -43,20 +45,7 @@ R = _load_results()
 def zoo(tiny_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny zoo (3 corruptions, width 1/8) built and exported with rws_hub.zoo.pipeline."""
     root = tmp_path_factory.mktemp("results_zoo")
-    spec = ZooSpec(
-        name="tiny",
-        architecture="vgg16_cifar",
-        data=str(tiny_cifar),
-        work=str(root / "work"),
-        export=str(root / "folder"),
-        width=0.125,
-        pretrain_epochs=1,
-        clean_epochs=0.5,
-        robust_epochs=0.5,
-        corruptions=CORRUPTIONS,
-        eval_limit=64,
-        jobs=1,
-    )
+    spec = tiny_spec(root, tiny_cifar, architecture="vgg16_cifar", corruptions=CORRUPTIONS)
     ZooBuilder(spec, progress=False).run()
     return {"work": root / "work", "folder": root / "folder", "root": root}
 
@@ -262,20 +251,13 @@ def test_report_lists_sections_not_run_and_prefers_side_file(report: Path, tmp_p
 def bn_zoo(tiny_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny VGG-16-BN zoo (2 corruptions, K = 3 units)."""
     root = tmp_path_factory.mktemp("results_bn_zoo")
-    spec = ZooSpec(
+    spec = tiny_spec(
+        root,
+        tiny_cifar,
         name="tiny-bn",
         architecture="vgg16_bn_cifar",
-        data=str(tiny_cifar),
-        work=str(root / "work"),
-        export=str(root / "folder"),
-        width=0.125,
-        pretrain_epochs=1,
-        clean_epochs=0.5,
-        robust_epochs=0.5,
         corruptions=["fog", "contrast"],
         layers=3,
-        eval_limit=64,
-        jobs=1,
     )
     ZooBuilder(spec, progress=False).run()
     return {"work": root / "work", "folder": root / "folder", "root": root}
@@ -331,22 +313,19 @@ def test_across_data_sets(bn_zoo: dict[str, Path], tmp_path: Path) -> None:
         y = rng.integers(0, 100, n)
         x = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
         np.savez(data / name, x=x, y=y.astype(np.int64))
-    spec = ZooSpec(
+    spec = tiny_spec(
+        tmp_path,
+        data,
         name="tiny-tin",
         architecture="vgg16_bn_cifar",
         dataset="tinyimagenet32",
-        data=str(data),
         work=str(tmp_path / "tin"),
         export=str(tmp_path / "tin-folder"),
         pretrained=str(bn_zoo["work"] / "pretrain/final.safetensors"),
-        width=0.125,
         head_epochs=0.5,
-        clean_epochs=0.5,
-        robust_epochs=0.5,
         corruptions=["fog", "contrast"],
         layers=3,
         eval_limit=80,
-        jobs=1,
     )
     ZooBuilder(spec, progress=False).run()
     out = tmp_path / "docs"

@@ -12,24 +12,20 @@ import torch
 pytest.importorskip("rws_hub.datasets.corruptions")
 pytest.importorskip("rws_hub.io.folder")
 
+from helpers.zoo import tiny_spec  # noqa: E402
+
 from rws_hub.cli import main as rws  # noqa: E402
 from rws_hub.io.folder import ModelFolder  # noqa: E402
 from rws_hub.zoo.pipeline import ZooBuilder, ZooSpec  # noqa: E402
 
 
 def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
-    spec = ZooSpec(
-        name="tiny",
+    spec = tiny_spec(
+        tmp_path,
+        tiny_cifar,
         architecture="vgg16_cifar",
-        data=str(tiny_cifar),
-        work=str(tmp_path / "work"),
-        export=str(tmp_path / "folder"),
-        width=0.125,
-        pretrain_epochs=1,
-        clean_epochs=0.5,
-        robust_epochs=0.5,
         corruptions=["gaussian_noise", "contrast"],
-        eval_limit=64,
+        jobs=2,  # the parallel fine-tuning path
     )
     ZooBuilder(spec, progress=False).run()
     folder = ModelFolder.load(spec.export)
@@ -147,30 +143,22 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
     import rws_hub
     from rws_hub.core.lineage import fingerprint
 
-    common = dict(
-        architecture="vgg16_bn_cifar",
-        width=0.125,
-        pretrain_epochs=1,
-        clean_epochs=0.5,
-        robust_epochs=0.5,
-        corruptions=["fog", "contrast"],
-        layers=3,
-        eval_limit=64,
-        jobs=1,
-    )
-    cifar = ZooSpec(
+    common = dict(architecture="vgg16_bn_cifar", corruptions=["fog", "contrast"], layers=3)
+    cifar = tiny_spec(
+        tmp_path,
+        tiny_cifar,
         name="tiny-c10",
-        data=str(tiny_cifar),
         work=str(tmp_path / "c10"),
         export=str(tmp_path / "c10-folder"),
         **common,
     )
     ZooBuilder(cifar, progress=False).run()
     pre = tmp_path / "c10/pretrain/final.safetensors"
-    tin = ZooSpec(
+    tin = tiny_spec(
+        tmp_path,
+        _tiny_hundred_classes(tmp_path / "tin-data"),
         name="tiny-tin",
         dataset="tinyimagenet32",
-        data=str(_tiny_hundred_classes(tmp_path / "tin-data")),
         work=str(tmp_path / "tin"),
         export=str(tmp_path / "tin-folder"),
         pretrained=str(pre),
