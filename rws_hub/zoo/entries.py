@@ -92,11 +92,23 @@ TINYIMAGENET32_VGG16_BN = ZooEntry(
     },
 )
 
+CIFAR10_RESNET20 = ZooEntry(
+    name="cifar10-resnet20",
+    entrypoint="cifar10_resnet20",
+    architecture="resnet20_cifar",
+    width=1.0,
+    dataset="cifar10",
+    repo_id="rws-hub/cifar10-resnet20",
+    summary="ResNet-20 (the CIFAR ResNet, batch norm, 0.27 M parameters) trained on CIFAR-10, "
+    "with its corruption signatures",
+    recipe={"pretrain_epochs": 40, "pretrain_lr": 0.1, "label_smoothing": 0.1},
+)
+
 #: Every published entry by name (each ships its folder in ``model-store/``), the default first.
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in (CIFAR10_VGG16_BN, CIFAR10_VGG16)}
 #: Entries whose recipe is defined but whose folder has not landed yet: ``rws zoo build --name``
 #: builds them; they get a weights enum and a hub entrypoint when they move to :data:`ENTRIES`.
-PLANNED: dict[str, ZooEntry] = {e.name: e for e in (TINYIMAGENET32_VGG16_BN,)}
+PLANNED: dict[str, ZooEntry] = {e.name: e for e in (TINYIMAGENET32_VGG16_BN, CIFAR10_RESNET20)}
 #: The embedded default: what ``rws zoo build``, ``rws serve`` and the examples use.
 DEFAULT_ENTRY: ZooEntry = CIFAR10_VGG16_BN
 
