@@ -28,6 +28,8 @@ METRIC_LABELS: dict[str, str] = {
     "patched_ta": "TA, patched with its signature",
     "robust_model_ra": "RA, robust fine-tuned model",
     "robust_model_ta": "TA, robust fine-tuned model",
+    "transferred_ra": "RA, patched with the referenced entry's signature",
+    "transferred_ta": "TA, patched with the referenced entry's signature",
 }
 
 
@@ -45,16 +47,28 @@ def per_corruption(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def gain_share(metrics: Mapping[str, Any]) -> float | None:
-    """Mean (patched RA − backbone RA) / mean (robust model RA − backbone RA), when measured."""
-    keys = ("backbone_ra", "patched_ra", "robust_model_ra")
+def _share(metrics: Mapping[str, Any], part: str, whole: str) -> float | None:
+    """Mean (``part`` − backbone RA) / mean (``whole`` − backbone RA) over the corruptions
+    where all three are measured."""
+    keys = ("backbone_ra", part, whole)
     rows = [[_number(r.get(k)) for k in keys] for r in per_corruption(metrics).values()]
     rows = [r for r in rows if None not in r]
     if not rows:
         return None
-    patched = sum(p - b for b, p, _ in rows)
-    robust = sum(rm - b for b, _, rm in rows)
-    return patched / robust if robust > 0 else None
+    num = sum(p - b for b, p, _ in rows)
+    den = sum(w - b for b, _, w in rows)
+    return num / den if den > 0 else None
+
+
+def gain_share(metrics: Mapping[str, Any]) -> float | None:
+    """Mean (patched RA − backbone RA) / mean (robust model RA − backbone RA), when measured."""
+    return _share(metrics, "patched_ra", "robust_model_ra")
+
+
+def transfer_share(metrics: Mapping[str, Any]) -> float | None:
+    """Mean (transferred RA − backbone RA) / mean (patched RA − backbone RA): how much of the
+    own signatures' gain the referenced entry's signatures recover, when measured."""
+    return _share(metrics, "transferred_ra", "patched_ra")
 
 
 def _number(value: Any) -> float | None:
@@ -223,6 +237,15 @@ def _body(config: Mapping[str, Any]) -> str:
         f"- input: float in [0, 1], shape {config.get('input_size', [3, 32, 32])}",
         f"- lineage (fingerprint of the pretrained model): `{config.get('lineage')}`",
         f"- signatures ({len(sigs)}): {', '.join(f'`{s}`' for s in sigs) or 'none'}",
+    ]
+    for ref in config.get("signature_sets") or []:
+        if isinstance(ref, Mapping):
+            hub = f" (hub: `{ref['repo_id']}`)" if ref.get("repo_id") else ""
+            lines.append(
+                f"- also serves the signatures of `{ref.get('folder')}`{hub}, same lineage, "
+                f"as `{ref.get('prefix', '')}<name>`"
+            )
+    lines += [
         "",
         "## Measured results",
         "",
@@ -261,6 +284,14 @@ def _body(config: Mapping[str, Any]) -> str:
                 "Averaged over the corruptions, backbone + own signature recovers "
                 f"**{100 * share:.0f}%** of the RA gain of the dedicated robust model "
                 "((patched RA − backbone RA) / (robust model RA − backbone RA)).",
+                "",
+            ]
+        moved = transfer_share(metrics)
+        if moved is not None:
+            lines += [
+                "The referenced entry's signature of the same corruption, applied to this "
+                f"backbone at α = 1, recovers **{100 * moved:.0f}%** of the own signatures' "
+                "mean RA gain ((transferred RA − backbone RA) / (patched RA − backbone RA)).",
                 "",
             ]
     if not ra and _number(ta) is None:

@@ -26,13 +26,20 @@ from torch import nn
 
 from rws_hub.core.extraction import extract
 from rws_hub.core.lineage import fingerprint
+from rws_hub.core.patching import patch
 from rws_hub.core.quantization import parse_storage
 from rws_hub.core.signature import Signature
 from rws_hub.datasets import DatasetSpec, get_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
 from rws_hub.datasets.examples import example_pngs
-from rws_hub.io.folder import SIGNATURE_SETS, save_model_folder
+from rws_hub.io.folder import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    SIGNATURE_SETS,
+    ModelFolder,
+    save_model_folder,
+)
 from rws_hub.zoo.entries import DEFAULT_ENTRY, STORE_DIR, get_entry
 from rws_hub.zoo.evaluation import OWN, accuracy, evaluate
 from rws_hub.zoo.training import TrainConfig, build_model, resolve_device, train
@@ -261,21 +268,27 @@ def eval_rows(
     res: dict[str, Any], severity: int | str, corruptions: list[str] | None = None
 ) -> dict[str, dict[str, float | None]]:
     """Per corruption, from a zoo's ``eval.json`` (percent): ``backbone_ra``, ``patched_ra``,
-    ``patched_ta`` (backbone + own signature), ``robust_model_ra``, ``robust_model_ta``."""
+    ``patched_ta`` (backbone + own signature), ``robust_model_ra``, ``robust_model_ta``, and
+    for an entry on another data set ``transferred_ra``/``transferred_ta`` (backbone + the
+    referenced entry's signature of the same corruption)."""
     bb = res["backbone"]
     sev = str(severity)
     own_clean = bb["meta"].get("own_clean", {})
     robust = res["robust_models"]
-    return {
-        c: {
+    transferred = res.get("transferred", {}).get("corruptions", {})
+    rows: dict[str, dict[str, float | None]] = {}
+    for c in corruptions if corruptions is not None else list(robust):
+        rows[c] = {
             "backbone_ra": bb["corrupted"][c][sev]["none"],
             "patched_ra": bb["corrupted"][c][sev].get("own"),
             "patched_ta": own_clean.get(c),
             "robust_model_ra": robust[c]["corrupted"],
             "robust_model_ta": robust[c]["clean"],
         }
-        for c in (corruptions if corruptions is not None else list(robust))
-    }
+        if c in transferred:
+            rows[c]["transferred_ra"] = transferred[c]["ra"]
+            rows[c]["transferred_ta"] = transferred[c]["ta"]
+    return rows
 
 
 class ZooBuilder:
@@ -413,7 +426,40 @@ class ZooBuilder:
                 "corrupted": accuracy(model, test, corruption=c, severity=sev),
             }
             path.write_text(json.dumps(results, indent=2))
+        source = self.source_folder()
+        if source is not None:
+            self._evaluate_transferred(results, source, test)
+            path.write_text(json.dumps(results, indent=2))
         return results
+
+    def source_folder(self) -> Path | None:
+        """The published model folder whose θ_pre this entry adopted (``pretrained`` is its
+        ``pretrained.safetensors``), else None."""
+        if not self.spec.pretrained:
+            return None
+        source = Path(self.spec.pretrained).parent
+        is_folder = (source / CONFIG_FILE).is_file() and (source / MANIFEST_FILE).is_file()
+        return source if is_folder else None  # not a training run's folder
+
+    def _evaluate_transferred(self, results: dict[str, Any], source: Path, test: Any) -> None:
+        """The backbone with the source folder's signature of each corruption (α = 1): RA on
+        that corruption and TA, under ``results["transferred"]``."""
+        out = results.setdefault("transferred", {"from": str(source), "corruptions": {}})
+        todo = [c for c in self.spec.corruptions if c not in out["corruptions"]]
+        if not todo:
+            return
+        theirs = ModelFolder.load(source, signatures=todo).signatures
+        model = load_state_model(self.spec, self.work / "clean/final.safetensors")
+        model = model.to(resolve_device(self.spec.device))
+        sev = self.spec.severity
+        for c in todo:
+            if c not in theirs:
+                continue
+            with patch(model, {theirs[c]: 1.0}):
+                out["corruptions"][c] = {
+                    "ra": accuracy(model, test, corruption=c, severity=sev),
+                    "ta": accuracy(model, test),
+                }
 
     def metrics(self) -> dict[str, Any]:
         """The measured numbers in the form the model folder's config keeps them (accuracies
@@ -441,8 +487,8 @@ class ZooBuilder:
         if self.spec.pretrained:
             # θ_pre is another entry's (it ships there): this folder names its lineage only
             config["lineage"] = fingerprint(pre)
-            source = Path(self.spec.pretrained).parent
-            if (source / "config.json").is_file():  # θ_pre of a published model folder
+            source = self.source_folder()
+            if source is not None:  # θ_pre of a published model folder
                 config[SIGNATURE_SETS] = [_reference(source, Path(self.spec.export), pre)]
             pre = None
             # and its normalisation, which the fine-tunes kept (a part of θ_pre)

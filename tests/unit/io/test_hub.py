@@ -78,6 +78,21 @@ def test_model_card_gain_share_and_rebuild_command() -> None:
     assert "## Rebuild" not in model_card(config)
 
 
+def test_model_card_of_an_entry_that_references_another_set() -> None:
+    """A folder on another data set names the set it serves by lineage and how much of its own
+    signatures' gain the referenced ones recover."""
+    row = {"backbone_ra": 0.2, "patched_ra": 0.3, "robust_model_ra": 0.32}
+    row |= {"transferred_ra": 0.28, "transferred_ta": 0.25}
+    metrics = {"clean_accuracy": 0.27, "corruptions": {"fog": row}}
+    ref = {"folder": "../c10", "repo_id": "rws-hub/c10", "prefix": "cifar10."}
+    config = {"architecture": "vgg16_cifar", "classes": ["a"], "metrics": metrics}
+    text = model_card(config | {"signature_sets": [ref]})
+    assert "also serves the signatures of `../c10` (hub: `rws-hub/c10`)" in text
+    assert "recovers **80%** of the own signatures' mean RA gain" in text
+    assert "RA, patched with the referenced entry's signature" in text
+    ModelCard(text)
+
+
 def test_model_card_without_metrics_has_no_model_index() -> None:
     text = model_card({"architecture": "vgg16_cifar", "classes": ["a", "b"], "metrics": {}})
     card = ModelCard(text)

@@ -142,6 +142,9 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
 
     import rws_hub
     from rws_hub.core.lineage import fingerprint
+    from rws_hub.datasets.arrays import load_images
+    from rws_hub.zoo.evaluation import accuracy
+    from rws_hub.zoo.pipeline import load_state_model
 
     common = dict(architecture="vgg16_bn_cifar", corruptions=["fog", "contrast"], layers=3)
     cifar = tiny_spec(
@@ -176,6 +179,7 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
     folder = ModelFolder.load(tin.export)
     assert folder.config["lineage"] == c10.config["lineage"] == fingerprint(theta_pre)
     assert not folder.has_pretrained() and len(folder.config["classes"]) == 100
+    assert "signature_sets" not in folder.config and folder.refused == {}  # θ_pre of a run
     examples = [p.name for p in folder.example_files()]  # its own data set's, for the demo
     assert examples and all(p.endswith(".png") for p in examples)
     assert folder.config["mean"] == pytest.approx(theta_pre["normalize.mean"].flatten().tolist())
@@ -192,8 +196,18 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
         pretrained=str(tmp_path / "c10-folder/pretrained.safetensors"),
         export=str(tmp_path / "tin-folder-2"),
     )
-    ZooBuilder(tin2, progress=False).run(("export",))
+    assert "transferred" not in json.loads((tmp_path / "tin/eval.json").read_text())
+    ZooBuilder(tin2, progress=False).run(("evaluate", "export"))
     linked = ModelFolder.load(tin2.export)
+    # the referenced set's signature of each corruption, measured on this backbone
+    for c in ("fog", "contrast"):
+        row = linked.config["metrics"]["corruptions"][c]
+        assert 0 <= row["transferred_ra"] <= 1 and 0 <= row["transferred_ta"] <= 1
+    model = load_state_model(tin2, tmp_path / "tin/clean/final.safetensors")
+    with rws_hub.patch(model, {c10.signatures["fog"]: 1.0}):
+        want = accuracy(model, load_images(tin2.data, "test", dataset="tinyimagenet32").subset(64))
+    assert linked.config["metrics"]["corruptions"]["fog"]["transferred_ta"] == round(want / 100, 6)
+    assert "referenced entry's signature" in (tmp_path / "tin-folder-2/README.md").read_text()
     assert linked.config["signature_sets"] == [
         {"folder": "../c10-folder", "lineage": fingerprint(theta_pre), "prefix": "cifar10."}
     ]
