@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -484,6 +485,10 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         f"{env.get('layer_word', 'conv layers')}; batch "
         f"{env['batch']}; CPU, {env['threads']} torch thread(s); torch {env['torch']}.",
         "",
+        f"Command: `{env.get('command', '.venv/bin/python benchmarks/bench_engine.py')}`; every "
+        "number below, with the per-round timings, is in "
+        "[../benchmarks/results_engine.json](../benchmarks/results_engine.json).",
+        "",
         f"**Machine**: {env['machine']}. A small shared machine, so absolute numbers are noisy "
         "and low; every variant ran in the same rounds, interleaved in a rotating order, so the "
         "**ratios** are the meaningful figures.",
@@ -810,6 +815,7 @@ def main() -> None:
         "signatures": len(sigs),
         "layers": args.layers,
         "layer_word": layer_word,
+        "command": " ".join([".venv/bin/python benchmarks/bench_engine.py", *sys.argv[1:]]),
         "batch": args.batch,
         "threads": args.threads,
         "rank": args.rank,

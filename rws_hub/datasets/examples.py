@@ -33,7 +33,7 @@ def example_pngs(
     *,
     clean: int = 3,
     corruptions: Sequence[str] = EXAMPLE_CORRUPTIONS,
-    severity: int = 3,
+    severity: int = 5,
     seed: int = 0,
 ) -> dict[str, bytes]:
     """``clean`` clean images and one per corruption (at ``severity``), each the first image of
