@@ -33,7 +33,6 @@ from rws_hub.zoo.entries import ENTRIES, FOLDER_ENV, STORE_DIR, ZooEntry
 from rws_hub.zoo.pipeline import ZooSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO_ROOT / "demo" / "examples").glob("*.png"))
 STORE_LIMIT = 100 * 2**20  # model-store/ stays under 100 MB
 RUNTIME = ("data", "jobs", "device", "eval_limit")  # where and how fast, not what is built
 
@@ -59,8 +58,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def example_batch() -> torch.Tensor:
-    return torch.stack([decode_image(p.read_bytes(), (32, 32)) for p in EXAMPLES])
+@pytest.fixture(scope="module")
+def examples(folder: Path, engine: Engine) -> list[Path]:
+    """What the demo shows for the entry: its folder's examples, or the package's CIFAR-10
+    ones for a model with their classes."""
+    files = gradio_app.example_files(ModelFolder.load(folder, signatures=None), engine.classes)
+    assert len(files) == 8, files
+    return [Path(f) for f in files]
+
+
+def example_batch(examples: list[Path]) -> torch.Tensor:
+    return torch.stack([decode_image(p.read_bytes(), (32, 32)) for p in examples])
 
 
 def test_model_store_holds_the_entries_and_stays_small() -> None:
@@ -97,36 +105,46 @@ def test_entry_is_intact_and_its_card_rebuilds_it(entry: ZooEntry, folder: Path)
 
 
 def test_hub_patch_equals_engine_and_unpatch_is_exact(
-    entry: ZooEntry, folder: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    entry: ZooEntry,
+    folder: Path,
+    engine: Engine,
+    examples: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(FOLDER_ENV, raising=False)
     model = torch.hub.load(str(REPO_ROOT), entry.entrypoint, source="local", signatures="all")
     assert isinstance(model, nn.Module) and model.rws_refused == {}
-    x = example_batch()
+    x = example_batch(examples)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    mix = {"fog": 1.0, "contrast": 0.5}
-    with rws_hub.patch(model, mix), torch.no_grad():
-        want = model(x).softmax(1)
-    for k, v in model.state_dict().items():  # parameters and buffers (batch-norm statistics)
-        assert torch.equal(v, before[k]), k
-    got = engine.classify(x, [mix] * len(x), top_k=10)
-    for i, answer in enumerate(got):
-        probs = {p["class"]: p["probability"] for p in answer["predictions"]}
-        ref = {c: float(want[i, j]) for j, c in enumerate(engine.classes)}
-        assert probs == pytest.approx(ref, abs=1e-5)
+    mixes = [{"fog": 1.0, "contrast": 0.5}]
+    # a folder that serves another entry's set by lineage: those signatures patch it too
+    for ref in ModelFolder.read_config(folder).get("signature_sets", []):
+        mixes.append({f"{ref['prefix']}fog": 1.0, "contrast": 0.5})
+    for mix in mixes:
+        with rws_hub.patch(model, mix), torch.no_grad():
+            want = model(x).softmax(1)
+        for k, v in model.state_dict().items():  # parameters and buffers (batch-norm stats)
+            assert torch.equal(v, before[k]), k
+        got = engine.classify(x, [mix] * len(x), top_k=10)
+        for i, answer in enumerate(got):
+            probs = {p["class"]: p["probability"] for p in answer["predictions"]}
+            top = want[i].topk(10).indices.tolist()
+            assert list(probs) == [engine.classes[j] for j in top]
+            ref = {engine.classes[j]: float(want[i, j]) for j in top}
+            assert probs == pytest.approx(ref, abs=1e-5)
 
 
-def test_auto_applies_what_the_detector_saw(engine: Engine) -> None:
+def test_auto_applies_what_the_detector_saw(engine: Engine, examples: list[Path]) -> None:
     assert engine.detector is not None, "every entry ships its corruption detector"
-    x = example_batch()
+    x = example_batch(examples)
     answers = engine.classify(x, ["auto"] * len(x), top_k=3)
     for i, answer in enumerate(answers):
         mix = answer["mix"] or None
         want = engine.classify(x[i : i + 1], [mix], top_k=3)[0]
         assert same_answer(answer | {"mix": want["mix"]}, want)
     clean = engine.classify(x, [None] * len(x), top_k=1)
-    for path, answer, plain in zip(EXAMPLES, answers, clean, strict=True):
-        corruption = path.stem.split("-")[1]
+    for path, answer, plain in zip(examples, answers, clean, strict=True):
+        corruption = path.stem.rpartition("-")[2]
         mix = answer["mix"] or {}
         if corruption == "fog":  # a fogged airplane is patched mostly with fog
             assert max(mix, key=mix.get) == "fog", mix
@@ -144,11 +162,13 @@ def server(folder: Path, tmp_path_factory: pytest.TempPathFactory):
         yield srv
 
 
-def test_rest_answers_a_mixed_batch_and_refuses_the_bad_requests(server, engine: Engine) -> None:
+def test_rest_answers_a_mixed_batch_and_refuses_the_bad_requests(
+    server, engine: Engine, examples: list[Path]
+) -> None:
     """Good and bad requests in one batch: each good one equals the in-process answer, each
     bad one gets a 4xx JSON naming what is wrong, and the worker stays up."""
     pids = worker_pids(server)
-    image = EXAMPLES[0].read_bytes()
+    image = examples[0].read_bytes()
     good = [None, {"fog": 1.0}, {"fog": 0.5, "contrast": 0.5}, "auto"]
     bad = [
         ({"fog": 1e308}, "10"),  # above the α bound: the message names the bound
@@ -168,12 +188,14 @@ def test_rest_answers_a_mixed_batch_and_refuses_the_bad_requests(server, engine:
     assert worker_pids(server) == pids
 
 
-def test_demo_shows_the_engine_answer(engine: Engine) -> None:
-    app = gradio_app.build_app(gradio_app.LocalBackend(engine))
+def test_demo_shows_the_engine_answer(engine: Engine, folder: Path, examples: list[Path]) -> None:
+    backend = gradio_app.LocalBackend.from_folder(folder, device="cpu")
+    assert backend.info.examples == [str(p) for p in examples]  # what the page offers
+    app = gradio_app.build_app(backend)
     url = gradio_app.launch(app, port=free_port(), block=False, quiet=True)
     try:
         client = gradio_client.Client(url, verbose=False)
-        path = next(p for p in EXAMPLES if "fog" in p.name)
+        path = next(p for p in examples if "fog" in p.name)
         _, clean, patched, summary, details = client.predict(
             gradio_client.handle_file(str(path)), "fog:1", "none", 5, api_name="/predict"
         )
