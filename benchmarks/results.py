@@ -53,7 +53,7 @@ from rws_hub.core.seeding import seeded_generator  # noqa: E402
 from rws_hub.core.signature import Signature, cosine  # noqa: E402
 from rws_hub.datasets.arrays import ImageArrays, load_images  # noqa: E402
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS, corrupt  # noqa: E402
-from rws_hub.zoo.pipeline import ZooSpec, load_state_model  # noqa: E402
+from rws_hub.zoo.pipeline import ZooSpec, eval_rows, load_state_model  # noqa: E402
 
 SECTIONS: dict[str, str] = {
     "main": "1. Main table: standard, robust and patched models",
@@ -1230,6 +1230,34 @@ def conv_cosine(a: Signature, b: Signature) -> float:
     return cosine(convs(a), convs(b))
 
 
+def _recorded_transfer(
+    o: Zoo, cs: list[str]
+) -> tuple[dict[str, dict[str, float]], float, int] | None:
+    """(rows, backbone TA, test images) of section 8b from the other entry's ``eval.json``,
+    when its evaluation measured the transferred signatures on its whole test set (with
+    ``--other-limit`` given, or without the record, the section measures them itself)."""
+    path = o.work / "eval.json"
+    if o.args.limit is not None or not path.exists():
+        return None
+    ev = json.loads(path.read_text())
+    moved = ev.get("transferred", {}).get("corruptions", {})
+    if any(c not in moved or c not in ev.get("robust_models", {}) for c in cs):
+        return None
+    table = eval_rows(ev, o.spec.severity, cs)
+    rows = {
+        c: {
+            "std": t["backbone_ra"],
+            "own": t["patched_ra"],
+            "transferred": t["transferred_ra"],
+            "transferred_ta": t["transferred_ta"],
+            "own_ta": t["patched_ta"],
+            "robust": t["robust_model_ra"],
+        }
+        for c, t in table.items()
+    }
+    return rows, ev["backbone"]["clean"]["none"], int(ev["images"])
+
+
 def section_datasets(z: Zoo, png: Path) -> dict[str, Any]:
     """The other entry (``--other-work``/``--other-folder``: fine-tuned from this entry's θ_pre
     on another data set): its backbone alone, with its own signature, with this entry's
@@ -1251,17 +1279,22 @@ def section_datasets(z: Zoo, png: Path) -> dict[str, Any]:
     if o.signature(o.corruptions[0]).lineage != z.signature(z.corruptions[0]).lineage:
         raise SystemExit("the other entry is not of this entry's lineage (another θ_pre)")
     cs = [c for c in z.corruptions if c in o.corruptions]
-    model = o.backbone
-    rows = {}
-    for c in cs:
-        rows[c] = {
-            "std": o.baseline("ra", c),
-            "own": o.baseline("own_ra", c),
-            "transferred": o.acc_with(model, {z.signature(c): 1.0}, c),
-            "transferred_ta": o.acc_with(model, {z.signature(c): 1.0}),
-            "own_ta": o.baseline("own_ta", c),
-            "robust": o.acc(o.model(c), c),
-        }
+    recorded = _recorded_transfer(o, cs)
+    if recorded is not None:  # the other entry's own evaluation (rws zoo build) measured it all
+        rows, std_ta, images, source = *recorded, "eval.json"
+    else:
+        model = o.backbone
+        rows = {}
+        for c in cs:
+            rows[c] = {
+                "std": o.baseline("ra", c),
+                "own": o.baseline("own_ra", c),
+                "transferred": o.acc_with(model, {z.signature(c): 1.0}, c),
+                "transferred_ta": o.acc_with(model, {z.signature(c): 1.0}),
+                "own_ta": o.baseline("own_ta", c),
+                "robust": o.acc(o.model(c), c),
+            }
+        std_ta, images, source = o.baseline("ta"), len(o.test), "measured here"
     own_gain = [r["own"] - r["std"] for r in rows.values()]
     tr_gain = [r["transferred"] - r["std"] for r in rows.values()]
     rob_gain = [r["robust"] - r["std"] for r in rows.values()]
@@ -1294,8 +1327,9 @@ def section_datasets(z: Zoo, png: Path) -> dict[str, Any]:
     fig.colorbar(im, ax=ax1)
     _save(fig, png)
     return {
-        "other": {"zoo": o.spec.name, "dataset": o.spec.dataset, "test_images": len(o.test)},
-        "std_ta": o.baseline("ta"),
+        "other": {"zoo": o.spec.name, "dataset": o.spec.dataset, "test_images": images},
+        "source": source,
+        "std_ta": std_ta,
         "rows": rows,
         "own_gain_mean": own_mean,
         "transferred_gain_mean": float(np.mean(tr_gain)),
@@ -1313,7 +1347,12 @@ def render_datasets(r: dict[str, Any]) -> str:
     lines = [
         f"Backbone `{o['zoo']}`: this entry's θ_pre with a new head, fine-tuned on {o['dataset']}"
         f" (TA {r['std_ta']:.1f}); RA in % on its {o['test_images']} test images, α = 1; "
-        "'transferred' patches it with this entry's signature of the same corruption.",
+        "'transferred' patches it with this entry's signature of the same corruption"
+        + (
+            " (accuracies from that entry's own evaluation, `eval.json` of `rws zoo build`)."
+            if r.get("source") == "eval.json"
+            else "."
+        ),
         "",
         "| corruption | backbone | + own | + transferred | dedicated | TA + own | TA + transferred "
         "| cos same | cos best other |",
@@ -1489,7 +1528,9 @@ CLAIMS: dict[str, str] = {
 WHY: dict[str, str] = {
     "datasets": "The paper pretrains on ImageNet and fine-tunes on each data set; here θ_pre is "
     "this entry's CIFAR-10 pretraining, and the other data set's backbone and robust models are "
-    "fine-tuned from it after a new classifier is trained on its frozen trunk. Both entries' "
+    "fine-tuned from it after a head stage adapts it to the new classes (a new classifier, and "
+    "with `--head-frozen-units K` every layer past the first K units, which stay at θ_pre; "
+    "docs/training.md). Both entries' "
     "signatures cover the same K units. Cosines are taken over the conv weights: the batch-norm "
     "statistics a signature also carries have a scale of their own and would decide the "
     "cosine alone.",
@@ -1865,6 +1906,18 @@ def other_entries(out: Path, doc: Path) -> list[str]:
                 f"**K sweep ({SECTIONS['depth'].split('. ', 1)[1]}).** {render_depth(depth)}",
                 "",
             ]
+        if (d / "datasets.json").exists():
+            ds = json.loads((d / "datasets.json").read_text())
+            png = os.path.relpath(d / "datasets.png", doc.parent).replace(os.sep, "/")
+            lines += [
+                f"**{SECTIONS['datasets']}.** Command: `{ds['command']}` ({ds['seconds']:.0f} s)."
+                f" {render_datasets(ds)}",
+                "",
+                f"![{SECTIONS['datasets']}]({png})",
+                "",
+                f"**Difference and why.** {_why('datasets', ds)}",
+                "",
+            ]
         if (d / "bnstats.json").exists():
             bn = json.loads((d / "bnstats.json").read_text())
             lines += [
@@ -1913,6 +1966,17 @@ def write_doc(out: Path, doc: Path) -> str:
         lines += [f"## {title}", ""]
         if key == "bnstats" and key not in results and setup and not setup.get("batch_norm"):
             lines += [f"Does not apply: {setup['architecture']} has no batch norm.", ""]
+            continue
+        elsewhere = sorted(p.parent.name for p in out.glob(f"*/{key}.json"))
+        if key not in results and elsewhere:
+            lines += [
+                f"**Paper.** {CLAIMS[key]}",
+                "",
+                f"Measured on the {', '.join(f'`{e}`' for e in elsewhere)} entry (this zoo has "
+                "no entry of its lineage on another data set): see "
+                "[Other zoo entries](#other-zoo-entries).",
+                "",
+            ]
             continue
         if key not in results:
             missing.append(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -345,6 +346,19 @@ def test_across_data_sets(bn_zoo: dict[str, Path], tmp_path: Path) -> None:
     assert len(cos) == 2 and min(map(min, cos)) >= -1 and max(map(max, cos)) <= 1
     text = (out / "results.md").read_text()
     assert "## 8b. Transferable across data sets" in text and "transferred" in text
+    assert r["source"] == "measured here"  # θ_pre of a training run: no set to evaluate
+    # adopted from the published folder: the entry's own evaluation measures the transferred
+    # signatures, and the section reads the table from it instead of measuring again
+    adopted = dataclasses.replace(spec, pretrained=str(bn_zoo["folder"] / "pretrained.safetensors"))
+    ZooBuilder(adopted, progress=False).run(("evaluate",))
+    ev = json.loads((Path(spec.work) / "eval.json").read_text())
+    assert R.main(["datasets", *args]) == 0
+    r2 = json.loads((out / "results" / "datasets.json").read_text())
+    assert r2["source"] == "eval.json" and r2["other"]["test_images"] == 80
+    for c in ("fog", "contrast"):
+        assert r2["rows"][c]["transferred"] == ev["transferred"]["corruptions"][c]["ra"]
+        assert r2["rows"][c]["robust"] == ev["robust_models"][c]["corrupted"]
+    assert r2["cosine"] == r["cosine"]
     # another lineage: refused
     foreign = tmp_path / "foreign-work"
     (foreign / "signatures").mkdir(parents=True)
