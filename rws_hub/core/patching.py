@@ -143,7 +143,7 @@ def _patched_value(
     # terms in signature-name order: the order a Mix iterates in, which the engine uses
     ordered = sorted((p for p in pairs if name in p[0].tensors), key=lambda p: p[0].name)
     terms = [(DenseDelta(s.tensors[name]), a) for s, a in ordered]
-    return patched_value(t.contiguous(), terms, value_floor(name))
+    return patched_value(t.contiguous(), terms, value_floor(name, t))
 
 
 def patched_tensors(

@@ -779,7 +779,7 @@ class Engine:
                 if tname.rpartition(".")[0] in branched:
                     continue  # served as a branch: no weight to build
                 terms.setdefault(tname, []).append((delta, alpha))
-        return {t: patched_value(bases[t], ts, value_floor(t)) for t, ts in terms.items()}
+        return {t: patched_value(bases[t], ts, value_floor(t, bases[t])) for t, ts in terms.items()}
 
     def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor | None, ...] | None, ...]:
         """Per routed slot, the patched tensors of ``mix`` (the layer's own where the mix leaves

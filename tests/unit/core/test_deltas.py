@@ -68,3 +68,39 @@ def test_branch_is_the_output_change() -> None:
     torch.testing.assert_close(layer_output(lin, torch.ones(2, 4), w), torch.ones(2, 4) @ w.T)
     with pytest.raises(TypeError, match="Conv2d and Linear"):
         layer_output(nn.BatchNorm2d(3), x, w)
+
+
+def test_a_patched_variance_keeps_a_share_of_the_backbone_one() -> None:
+    """A batch norm's running variance patched below VARIANCE_FLOOR × its backbone value is
+    raised to it, the same in ``rws_hub.patch`` and the engine; other tensors are not floored,
+    and taking the patch off restores the variance exactly."""
+    import rws_hub
+    from rws_hub.archs import create_model
+    from rws_hub.core.deltas import VARIANCE_FLOOR, value_floor
+    from rws_hub.core.signature import Signature
+    from rws_hub.inference.engine import Engine
+
+    base = torch.tensor([1.0, 2.0, 0.5])
+    floor = value_floor("features.1.running_var", base)
+    assert torch.equal(floor, base * VARIANCE_FLOOR)
+    assert value_floor("features.0.weight", base) is None
+    drop = DenseDelta(torch.tensor([-0.5, -3.0, 0.0]))
+    out = patched_value(base, [(drop, 1.0)], floor)
+    assert torch.equal(out, torch.tensor([0.5, 2.0 * VARIANCE_FLOOR, 0.5]))
+
+    torch.manual_seed(0)
+    model = create_model("vgg16_bn_cifar", width=0.125).eval()
+    var = model.state_dict()["features.1.running_var"].clone()
+    sig = Signature("shrink", {"features.1.running_var": -2 * var}, layers=1)
+    x = torch.rand(4, 3, 32, 32)
+    engine = Engine(model, [sig], device="cpu")
+    with rws_hub.patch(model, {sig: 1.0}), torch.no_grad():
+        assert torch.equal(model.features[1].running_var, var * VARIANCE_FLOOR)
+        want = model(x).softmax(1)
+        assert torch.isfinite(want).all()
+    assert torch.equal(model.state_dict()["features.1.running_var"], var)
+    got = engine.classify(x, [{"shrink": 1.0}] * 4, top_k=3)
+    for i, answer in enumerate(got):
+        for p in answer["predictions"]:
+            j = engine.classes.index(p["class"])
+            assert p["probability"] == pytest.approx(float(want[i, j]), abs=1e-5)
