@@ -1318,7 +1318,8 @@ def section_datasets(z: Zoo, png: Path) -> dict[str, Any]:
     ax0.set_title(f"{o.spec.name}: RA gain on {o.spec.dataset}")
     ax0.legend(fontsize=8)
     ax0.grid(axis="y", alpha=0.3)
-    im = ax1.imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1)
+    lim = float(max(np.abs(cos).max(), 1e-6))  # the colour scale spans the measured cosines
+    im = ax1.imshow(cos, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax1.set_xticks(xs, [_short(c) for c in cs], rotation=90, fontsize=7)
     ax1.set_yticks(xs, [_short(c) for c in cs], fontsize=7)
     ax1.set_xlabel(f"{o.spec.dataset} signature")
