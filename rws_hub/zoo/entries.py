@@ -105,10 +105,12 @@ CIFAR10_RESNET20 = ZooEntry(
 )
 
 #: Every published entry by name (each ships its folder in ``model-store/``), the default first.
-ENTRIES: dict[str, ZooEntry] = {e.name: e for e in (CIFAR10_VGG16_BN, CIFAR10_VGG16)}
+ENTRIES: dict[str, ZooEntry] = {
+    e.name: e for e in (CIFAR10_VGG16_BN, CIFAR10_VGG16, TINYIMAGENET32_VGG16_BN)
+}
 #: Entries whose recipe is defined but whose folder has not landed yet: ``rws zoo build --name``
 #: builds them; they get a weights enum and a hub entrypoint when they move to :data:`ENTRIES`.
-PLANNED: dict[str, ZooEntry] = {e.name: e for e in (TINYIMAGENET32_VGG16_BN, CIFAR10_RESNET20)}
+PLANNED: dict[str, ZooEntry] = {e.name: e for e in (CIFAR10_RESNET20,)}
 #: The embedded default: what ``rws zoo build``, ``rws serve`` and the examples use.
 DEFAULT_ENTRY: ZooEntry = CIFAR10_VGG16_BN
 

@@ -291,6 +291,15 @@ class CIFAR10_VGG16_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
     DEFAULT = RWS_V1
 
 
+@register_weights
+class TINYIMAGENET32_VGG16_BN_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
+    """The CIFAR-10 VGG-16-BN's θ_pre adapted to Tiny-ImageNet-32 (100 classes), with its own
+    corruption signatures and the CIFAR-10 entry's (same lineage, ``cifar10.<name>``)."""
+
+    RWS_V1 = WeightsSpec.of(get_entry("tinyimagenet32-vgg16-bn"))
+    DEFAULT = RWS_V1
+
+
 # -- hubconf entrypoints ----------------------------------------------------------------------
 
 #: ``auto(folder, device)``: the module that patches each image with its detected mix.
