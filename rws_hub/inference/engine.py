@@ -432,6 +432,8 @@ class Engine:
         self._state = _RouteState()
         self._slots: list[str] = []
         self._base: dict[str, torch.Tensor] = {}
+        # per base tensor, the lowest value a patch may give it (value_floor), made once
+        self._floors: dict[str, torch.Tensor | None] = {}
         self._deltas: dict[str, dict[str, Delta]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._defaults: dict[str, float] = {}
@@ -539,17 +541,18 @@ class Engine:
         with self._lock:
             if sig.name in self._deltas and not replace:
                 raise ValueError(f"signature {sig.name!r} is already loaded; pass replace=True")
-            base = dict(self._base)
+            base, floors = dict(self._base), dict(self._floors)
             for tname in held:
                 if tname not in base:
                     base[tname] = self._state_tensors[tname].detach().to(torch.float32).contiguous()
+                    floors[tname] = value_floor(tname, base[tname])
             for mname in self._modules:  # route new modules, definition order
                 wanted = {t for t in held if t.rpartition(".")[0] == mname}
                 if wanted and mname not in self._slots:
                     _route(self._modules[mname], len(self._slots), self._state)
                     self._slots.append(mname)
             replacing = sig.name in self._deltas
-            self._base = base
+            self._base, self._floors = base, floors
             self._deltas = {**self._deltas, sig.name: held}
             branched = self._branch_slots(self._deltas)
             if branched != self._branched:
@@ -769,7 +772,8 @@ class Engine:
         """``base + sum(alpha * delta)`` in float32 for every tensor the mix touches, by
         :func:`rws_hub.core.deltas.patched_value` -- the kernel :func:`rws_hub.patch` uses, so
         the served weights equal the patched model's bitwise."""
-        deltas, bases, branched = self._deltas, self._base, self._branched  # one snapshot
+        deltas, bases, floors = self._deltas, self._base, self._floors  # one snapshot
+        branched = self._branched
         terms: dict[str, list[tuple[Delta, float]]] = {}
         for name, alpha in mix.items():
             held = deltas.get(name)
@@ -779,7 +783,7 @@ class Engine:
                 if tname.rpartition(".")[0] in branched:
                     continue  # served as a branch: no weight to build
                 terms.setdefault(tname, []).append((delta, alpha))
-        return {t: patched_value(bases[t], ts, value_floor(t, bases[t])) for t, ts in terms.items()}
+        return {t: patched_value(bases[t], ts, floors[t]) for t, ts in terms.items()}
 
     def _patched(self, mix: Mix) -> tuple[tuple[torch.Tensor | None, ...] | None, ...]:
         """Per routed slot, the patched tensors of ``mix`` (the layer's own where the mix leaves
