@@ -571,6 +571,29 @@ def _model_normalisation(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[
     }
 
 
+def _safetensors_content(path: Path) -> tuple[Any, bytes] | None:
+    """A safetensors file's header (parsed) and data section, or None if it is not one."""
+    data = path.read_bytes()
+    if len(data) < 8:
+        return None
+    n = int.from_bytes(data[:8], "little")
+    try:
+        return json.loads(data[8 : 8 + n]), data[8 + n :]
+    except ValueError:
+        return None
+
+
+def _keep_unchanged(new: Path, old: Path) -> None:
+    """Give ``new`` the bytes of ``old`` when both are safetensors files with the same content.
+    The writer orders the header's metadata keys differently from run to run, so without this
+    every export would rewrite every signature file (new hashes, churn in git and on the hub)."""
+    if new.suffix != ".safetensors" or not old.is_file() or new.read_bytes() == old.read_bytes():
+        return
+    mine = _safetensors_content(new)
+    if mine is not None and mine == _safetensors_content(old):
+        shutil.copyfile(old, new)
+
+
 def save_model_folder(
     path: str | Path,
     *,
@@ -692,6 +715,7 @@ def save_model_folder(
     (root / CARD_FILE).write_text(card, encoding="utf-8")
     for rel in _listed_candidates(root):
         (root / rel).chmod(0o644)  # some writers create 0600 temp files; a folder is shared
+        _keep_unchanged(root / rel, final / rel)
     write_manifest(root)
     # Swap the complete folder in, so readers never see a half-written one.
     if final.exists():

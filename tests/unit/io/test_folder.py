@@ -276,3 +276,36 @@ def test_signature_sets_referenced_by_lineage(tmp_path: Path) -> None:
     refused = ModelFolder.load(stranger).refused
     (reason,) = refused.values()
     assert lineage in reason and "sha256:0000000000000000" in reason
+
+
+def test_re_export_keeps_the_bytes_of_unchanged_files(tmp_path: Path) -> None:
+    """The safetensors writer orders header metadata differently from run to run: a folder
+    saved again keeps a signature file whose content did not change byte for byte (no churn in
+    hashes, git or the hub), and writes a changed one anew."""
+    pre, clean, sigs = tiny_parts()
+    cfg = {"architecture": "vgg16_cifar", "width": 0.125}
+    out = save_model_folder(
+        tmp_path / "f", model=clean, config=cfg, signatures=sigs, pretrained=pre
+    )
+    path = out / "signatures" / f"{sigs[0].name}.safetensors"
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    reordered = data[:8] + text.ljust(n) + data[8 + n :]
+    assert reordered != data
+    path.write_bytes(reordered)
+    write_manifest(out)
+    assert Signature.load(path).tensors.keys() == sigs[0].tensors.keys()
+    save_model_folder(out, model=clean, config=cfg, signatures=sigs, pretrained=pre)
+    assert path.read_bytes() == reordered
+    assert ModelFolder.load(out).refused == {}
+    doubled = [(2.0 * sigs[0]).replace(name=sigs[0].name), *sigs[1:]]
+    save_model_folder(out, model=clean, config=cfg, signatures=doubled, pretrained=pre)
+    assert path.read_bytes() != reordered
+    loaded = ModelFolder.load(out).signatures[sigs[0].name]
+    assert torch.equal(
+        loaded.tensors["features.0.weight"], 2.0 * sigs[0].tensors["features.0.weight"]
+    )
