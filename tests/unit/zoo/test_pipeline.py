@@ -54,6 +54,34 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     # the backbone of the folder is the clean fine-tuned model
     x = torch.rand(2, 3, 32, 32)
     assert folder.model(x).shape == (2, 10)
+    _signatures_change_storage(spec, record)
+
+
+def _signatures_change_storage(spec: ZooSpec, before: dict) -> None:
+    """Signatures extracted again in another storage (low-rank): the evaluate step measures the
+    patched numbers again (as a fresh evaluation would), keeps the backbone's own, and the
+    exported folder ships the new storage."""
+    work = Path(spec.work)
+    (work / "signatures").rename(work / "signatures-int8")
+    spec.quantization = "rank2-int8"
+    ZooBuilder(spec, progress=False).run(("extract", "evaluate", "export"))
+    after = json.loads((work / "eval.json").read_text())
+    sev = str(spec.severity)
+    for c in spec.corruptions:
+        assert (
+            after["backbone"]["corrupted"][c][sev]["none"]
+            == (before["backbone"]["corrupted"][c][sev]["none"])
+        )
+    assert after["robust_models"] == before["robust_models"]
+    assert after["signatures_sha256"] != before["signatures_sha256"]
+    # the same numbers as a measurement from scratch with the new files
+    (work / "eval.json").rename(work / "eval-remeasured.json")
+    fresh = ZooBuilder(spec, progress=False).evaluate()
+    assert fresh["backbone"] == after["backbone"]
+    folder = ModelFolder.load(spec.export)
+    sig = folder.signatures["contrast"]
+    assert sig.factors and all(f.rank <= 2 for f in sig.factors.values())
+    assert folder.config["recipe"]["quantization"] == "rank2-int8"
 
 
 def test_zoo_cli_refuses_unknown_steps(capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,3 +249,18 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
         linked.signatures["cifar10.fog"].tensors["features.0.weight"],
         c10.signatures["fog"].tensors["features.0.weight"],
     )
+    # the referenced set re-exported in another storage: the transferred numbers follow it
+    (tmp_path / "c10/signatures").rename(tmp_path / "c10/signatures-int8")
+    cifar.quantization = "rank2-int8"
+    ZooBuilder(cifar, progress=False).run(("extract", "evaluate", "export"))
+    low = ModelFolder.load(cifar.export).signatures["fog"]
+    assert low.factors
+    ZooBuilder(tin2, progress=False).run(("evaluate", "export"))
+    model = load_state_model(tin2, tmp_path / "tin/clean/final.safetensors")
+    with rws_hub.patch(model, {low: 1.0}):
+        want = accuracy(model, load_images(tin2.data, "test", dataset="tinyimagenet32").subset(64))
+    relinked = ModelFolder.load(tin2.export)
+    assert relinked.config["metrics"]["corruptions"]["fog"]["transferred_ta"] == round(
+        want / 100, 6
+    )
+    assert relinked.signatures["cifar10.fog"].factors
