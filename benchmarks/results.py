@@ -49,6 +49,7 @@ from torch import nn  # noqa: E402
 from rws_hub.core.extraction import extract  # noqa: E402
 from rws_hub.core.layers import shallow_units, unit_params  # noqa: E402
 from rws_hub.core.patching import apply, patch, remove  # noqa: E402
+from rws_hub.core.quantization import describe_storage  # noqa: E402
 from rws_hub.core.seeding import seeded_generator  # noqa: E402
 from rws_hub.core.signature import Signature, cosine  # noqa: E402
 from rws_hub.datasets.arrays import ImageArrays, load_images  # noqa: E402
@@ -389,7 +390,7 @@ def render_main(r: dict[str, Any]) -> str:
     lines = [
         f"TA and RA in % on {r['eval_images']} test images (the zoo's `eval.json`; not recomputed). "
         "Storage: one full model in fp32 vs the shipped signature "
-        f"({r['quantization']}, K = {r['setup']['layers']}).",
+        f"({_storage(r['quantization'])}, K = {r['setup']['layers']}).",
         "",
         "| corruption | std TA | std RA | robust TA | robust RA | patched TA | patched RA "
         "| RA gain | signature |",
@@ -1865,6 +1866,12 @@ def _sweep_of(results: dict[str, dict[str, Any]], setup: dict[str, Any]) -> list
     return list(setup["sweep"])
 
 
+def _storage(name: str) -> str:
+    """A zoo storage name in words: ``int8 per channel``, ``low-rank (rank 16, int4 factors)``."""
+    words = describe_storage(name)
+    return words if words != name or name == "fp32" else f"{name} per channel"
+
+
 def _setup_line(s: dict[str, Any]) -> str:
     unit = "units (conv + batch norm)" if s.get("batch_norm") else "conv layers"
     return (
@@ -1874,7 +1881,7 @@ def _setup_line(s: dict[str, Any]) -> str:
         f"clean fine-tuning; θ_c = θ_pre + {_epochs(s['robust_epochs'])} on batches "
         f"{100 * s['corrupt_fraction']:.0f}% corrupted (severity {s['severity']}), "
         f"lr {s['finetune_lr']:g}. Signatures: first K = {s['layers']} {unit}, stored "
-        f"{s['quantization']} per channel."
+        f"{_storage(s['quantization'])}."
     )
 
 

@@ -21,6 +21,7 @@ from statistics import mean
 import torch
 
 from rws_hub.archs import create_model
+from rws_hub.core.quantization import describe_storage
 from rws_hub.zoo.entries import DEFAULT_ENTRY, ENTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def section(folder: Path) -> str:
         f"{DEFAULT_ENTRY.summary[0].upper() + DEFAULT_ENTRY.summary[1:]}: {convs} conv layers"
         f"{' with batch norm' if bn else ', no batch norm'}, {n_params / 1e6:.2f} M parameters, "
         f"θ_pre trained here from scratch for {recipe['pretrain_epochs']:g} epochs. "
-        f"{len(sig_files)} {recipe['quantization']} signatures (K = {config['signature_layers']} "
+        f"{len(sig_files)} {describe_storage(recipe['quantization'])} signatures (K = {config['signature_layers']} "
         f"{unit}, {sig_kb:.0f} KB each; the backbone is {backbone_mb:.1f} MB) and a corruption "
         f'detector for `"auto"`. Measured on the full CIFAR-10 test set '
         f"({m['test_images']} images), severity {m['severity']}, accuracy in %:",

@@ -194,6 +194,16 @@ def parse_storage(text: str) -> dict[str, Any] | None:
     return {"bits": int(digits), "scheme": scheme, "granularity": "channel"}
 
 
+def describe_storage(text: str) -> str:
+    """A storage name (see :func:`parse_storage`) in words: ``"int8"``, ``"low-rank (rank 8,
+    int8 factors)"``, ``"low-rank (rank 4, fp32 factors)"``."""
+    options = parse_storage(text)
+    if options is None or "rank" not in options:
+        return text
+    codes = text.partition("-")[2] or "fp32"
+    return f"low-rank (rank {options['rank']}, {codes} factors)"
+
+
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     """Pack signed 4-bit codes (int values in [-8, 7]) two per byte into a 1-D uint8 tensor."""
     flat = (codes.reshape(-1).to(torch.int16) + 8).to(torch.uint8)

@@ -189,6 +189,10 @@ class Signature:
         storage = (
             "fp32" if not q else f"int{q.get('bits')} {q.get('scheme')}/{q.get('granularity')}"
         )
+        if self._factors:
+            ranks = sorted({f.rank for f in self._factors.values()})
+            low = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+            storage = f"low-rank {low} ({len(self._factors)} tensors), {storage}"
         parts = [
             f"{self.name!r}",
             f"{len(self.tensors)} tensors",

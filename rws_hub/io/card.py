@@ -9,12 +9,14 @@ and ``model-index`` with one result per measured metric) and the tables in the b
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from rws_hub.core.quantization import describe_storage
 from rws_hub.datasets import dataset_name_of, dataset_of
 
 LIBRARY_NAME = "rws-hub"
@@ -238,6 +240,10 @@ def _body(config: Mapping[str, Any]) -> str:
         f"- lineage (fingerprint of the pretrained model): `{config.get('lineage')}`",
         f"- signatures ({len(sigs)}): {', '.join(f'`{s}`' for s in sigs) or 'none'}",
     ]
+    storage = (config.get("recipe") or {}).get("quantization")
+    if sigs and isinstance(storage, str):
+        with contextlib.suppress(ValueError):  # a storage this version does not know
+            lines.append(f"- signature storage: {describe_storage(storage)}")
     for ref in config.get("signature_sets") or []:
         if isinstance(ref, Mapping):
             hub = f" (hub: `{ref['repo_id']}`)" if ref.get("repo_id") else ""
