@@ -2,10 +2,13 @@
 
 For every corruption the folder ships a signature of, the test subset is corrupted once
 (severity 5, the evaluation's seeding) and the backbone is patched with that corruption's own
-signature in each format: the signature as shipped (dense) and its low-rank copies at ranks
+signature in each format: the dense source signature ("dense": the folder's own, or with
+``--signatures DIR`` the files there, e.g. an fp32 extraction), the folder's shipped file when
+the source is another ("shipped") and the source's low-rank copies at ranks
 {1, 2, 4, 8, 16, 32} with fp32, int8 and int4 factors (``Signature.low_rank``). Clean accuracy
 (TA) with the own signature patched is measured on the same images. Sizes are the signature's
-stored payload; the ratio is against the full fp32 backbone (parameters and buffers)::
+stored payload; the ratio is against the full fp32 backbone (parameters and buffers); losses
+are against "dense"::
 
     python benchmarks/lowrank_sweep.py --folder model-store/cifar10-vgg16 --images 1000
 
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 
 import rws_hub
 from rws_hub.core.seeding import seeded_generator
+from rws_hub.core.signature import Signature
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import corrupt
 from rws_hub.io.folder import ModelFolder
@@ -45,10 +49,24 @@ def correct(model: torch.nn.Module, xs: list[torch.Tensor], y: torch.Tensor) -> 
     return 100.0 * hits / len(y)
 
 
+def storage_name(quantization: dict[str, Any] | None) -> str:
+    """``fp32``, or e.g. ``int8 per channel`` for a signature's quantization record."""
+    if not quantization:
+        return "fp32"
+    scheme = quantization.get("scheme", "linear")
+    kind = "int" if scheme == "linear" else scheme
+    return f"{kind}{quantization['bits']} per {quantization.get('granularity', 'tensor')}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--folder", default="model-store/cifar10-vgg16")
     ap.add_argument("--data", default="../shared/data/cifar10")
+    ap.add_argument(
+        "--signatures",
+        default=None,
+        help="directory of dense <corruption>.safetensors to truncate (default: the folder's)",
+    )
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--ranks", default="1,2,4,8,16,32")
     ap.add_argument("--storages", default="fp32,int8,int4")
@@ -56,7 +74,7 @@ def main() -> None:
     ap.add_argument("--corruptions", default="all", help="comma list, or all the folder has")
     ap.add_argument(
         "--ta-formats",
-        default="dense,r4-int8,r8-fp32,r8-int8,r8-int4,r16-int8",
+        default="dense,shipped,r4-int8,r8-fp32,r8-int8,r8-int4,r16-int8",
         help="formats whose patched clean accuracy is measured too ('all' for every one)",
     )
     ap.add_argument("--threads", type=int, default=2)
@@ -68,30 +86,33 @@ def main() -> None:
     folder = ModelFolder.load(args.folder)
     model = folder.model.eval()
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    test = load_images(args.data, "test").subset(args.images)
+    dataset = folder.config.get("dataset")
+    test = load_images(args.data, "test", dataset=dataset).subset(args.images)
     clean = [
         x.float().div(255).contiguous(memory_format=torch.channels_last)
         for x in batches(test.x, 500)
     ]
     ranks = [int(r) for r in args.ranks.split(",")]
     storages = args.storages.split(",")
-    formats = ["dense"] + [f"r{r}-{s}" for r in ranks for s in storages]
+    shipped = ["shipped"] if args.signatures else []
+    formats = ["dense", *shipped] + [f"r{r}-{s}" for r in ranks for s in storages]
     rows: dict[str, dict[str, Any]] = {f: {"ra": {}, "ta": {}} for f in formats}
     started = time.time()
     chosen = list(folder.signatures) if args.corruptions == "all" else args.corruptions.split(",")
     for c in tqdm(chosen, desc="corruptions"):
         sig = folder.signatures[c]
+        source = Signature.load(Path(args.signatures) / f"{c}.safetensors") if shipped else sig
         xs = []
         for b, x in enumerate(batches(test.x, 500)):
             xc = corrupt(
                 x.float().div(255), c, args.severity, generator=seeded_generator(0, b, 7919)
             )
             xs.append(xc.contiguous(memory_format=torch.channels_last))
-        variants = {"dense": sig}
+        variants = {"dense": source} | ({"shipped": sig} if shipped else {})
         for r in ranks:
             for s in storages:
                 bits = None if s == "fp32" else int(s[3:])
-                variants[f"r{r}-{s}"] = sig.low_rank(rank=r, bits=bits)
+                variants[f"r{r}-{s}"] = source.low_rank(rank=r, bits=bits)
         for f, v in variants.items():
             with rws_hub.patch(model, {v: 1.0}):
                 rows[f]["ra"][c] = correct(model, xs, test.y)
@@ -120,15 +141,20 @@ def main() -> None:
     best = max(meets, key=lambda f: summary[f]["times_smaller_than_model"]) if meets else None
     out = {
         "command": "python benchmarks/lowrank_sweep.py "
-        f"--folder {args.folder} --images {args.images} --ranks {args.ranks} "
+        f"--folder {args.folder} "
+        + (f"--signatures {args.signatures} " if args.signatures else "")
+        + f"--images {args.images} --ranks {args.ranks} "
         f"--storages {args.storages} --severity {args.severity} --corruptions {args.corruptions} "
-        f"--ta-formats {args.ta_formats}",
+        f"--ta-formats {args.ta_formats} --threads {args.threads} "
+        f"--out {args.out} --plot {args.plot}",
         "folder": args.folder,
         "test_images": len(test),
         "severity": args.severity,
         "model_bytes": model_bytes,
         "backbone_ta": unpatched_ta,
-        "dense_storage": (folder.signatures[next(iter(folder.signatures))].quantization),
+        "dense_source": args.signatures or args.folder,
+        "dense_storage": storage_name(source.quantization),
+        "shipped_storage": storage_name(sig.quantization),
         "summary": summary,
         "per_corruption": rows,
         "meets_300x_within_1_point": meets,
@@ -157,8 +183,12 @@ def plot(out: dict[str, Any], path: str, ranks: list[int], storages: list[str]) 
         for r, x, y in zip(ranks, xs, ys, strict=True):
             ax.annotate(f"r{r}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     d = s["dense"]
-    ax.scatter([d["times_smaller_than_model"]], [d["mean_ra"]], color="k", zorder=5,
-               label="dense, as shipped")  # fmt: skip
+    label = f"dense ({out['dense_storage']})"
+    ax.scatter([d["times_smaller_than_model"]], [d["mean_ra"]], color="k", zorder=5, label=label)
+    if "shipped" in s:
+        sh = s["shipped"]
+        ax.scatter([sh["times_smaller_than_model"]], [sh["mean_ra"]], color="tab:red", marker="*",
+                   s=80, zorder=5, label=f"dense, {out['shipped_storage']} (the folder's file)")  # fmt: skip
     ax.axvline(300, color="grey", ls="--", lw=0.8)
     ax.axhline(d["mean_ra"] - 1.0, color="grey", ls=":", lw=0.8)
     ax.set_xscale("log")
