@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -70,12 +69,8 @@ def _config(folder: str | None) -> dict | None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from rws_hub.detect import (
-        DetectorTrainConfig,
-        measure_cost,
-        save_detector,
-        train_detector,
-    )
+    from rws_hub.detect import DetectorTrainConfig
+    from rws_hub.detect.build import train_and_record
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,24 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in vars(args).items() if k in names and v is not None}
     kwargs["data"] = _data(args, _config(args.folder if not args.backbone else None))
     cfg = DetectorTrainConfig(**kwargs)
-    backbone = _backbone(args)
-    det, config = train_detector(backbone, args.out, cfg)
-    cost = measure_cost(det, backbone)
-    print(
-        f"cost: {cost['flops_ratio']:.2%} of the backbone's FLOPs, "
-        f"{cost['time_ratio']:.2%} of its time (batch {cost['batch']}, "
-        f"{cost['threads']} thread(s))"
-    )
-    stored = dict(config)  # what train_detector wrote to detector.json
-    stored["cost"] = cost
-    conv = det.conv
-    stored["backbone"] = {
-        "source": args.backbone or args.folder,
-        "conv1_sha256": hashlib.sha256(
-            conv.weight.detach().numpy().tobytes() + conv.bias.detach().numpy().tobytes()
-        ).hexdigest(),
-    }
-    save_detector(args.out, det, stored)
+    train_and_record(_backbone(args), args.out, cfg, source=args.backbone or args.folder)
     if args.install:
         _install(args.folder, args.out)
     return 0
@@ -121,17 +99,8 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from rws_hub.datasets.arrays import load_images
-    from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
-    from rws_hub.detect import (
-        CANDIDATE_RULES,
-        AutoRule,
-        choose_rule,
-        evaluate_auto,
-        load_detector,
-        make_cells,
-        save_detector,
-        summarize,
-    )
+    from rws_hub.detect import load_detector, save_detector
+    from rws_hub.detect.build import RuleSelection, select_rule
     from rws_hub.inference.engine import Engine
 
     if args.threads:
@@ -140,24 +109,23 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("--folder is required (the backbone and its signatures)")
     engine = Engine.from_folder(args.folder, device="cpu", detector=None)
     det, config = load_detector(args.detector)
-    rules = dict(CANDIDATE_RULES)
     data = load_images(_data(args, _config(args.folder)), args.split)
-    start = args.start if args.start is not None else min(45000, int(0.9 * len(data)))
-    cells = make_cells(
-        data,
-        list(ALL_CORRUPTIONS),
-        [1, 2, 3, 4, 5],
+    selection = RuleSelection(
+        split=args.split,
+        start=args.start,
         per_cell=args.per_cell,
         clean=args.clean,
-        start=start,
-        seed=args.seed + 17,
+        seed=args.seed,
+        clean_tolerance=args.clean_tolerance,
     )
-    result = evaluate_auto(engine, det, cells, rules, log=print if args.verbose else None)
-    labels = ["none", "oracle", *rules]
-    summary = summarize(result, labels)
+    chosen = dict(config)  # the rule goes into the detector's config only with --choose
+    best, summary, result = select_rule(
+        engine, det, chosen, data, selection, log=print if args.verbose else None
+    )
+    labels = list(chosen["rule_selection"]["summary"])  # none, oracle, then every rule
     print(
-        f"held-out {args.split} images from #{start}: {args.clean} clean, {args.per_cell} per "
-        "corruption and severity; accuracy in %"
+        f"held-out {args.split} images from #{selection.first(data)}: {args.clean} clean, "
+        f"{args.per_cell} per corruption and severity; accuracy in %"
     )
     print("| rule | clean | severity 5 | severities 1-5 |")
     print("| --- | --- | --- | --- |")
@@ -168,30 +136,12 @@ def _eval(args: argparse.Namespace) -> int:
         f"detector accuracy: clean {summary['clean']['detector']:.1f}, severity 5 "
         f"{summary['sev5']['detector']:.1f}, severities 1-5 {summary['all']['detector']:.1f}"
     )
-    best = choose_rule(summary, rules, clean_tolerance=args.clean_tolerance)
     print(f"best rule: {best}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"summary": summary, **result}, indent=2))
     if args.choose:
-        rule: AutoRule = rules[best]
-        config["rule"] = rule.to_json()
-        config["rule_selection"] = {
-            "data": f"{args.split} images #{start}+ (not used for training)",
-            "clean_images": args.clean,
-            "images_per_cell": args.per_cell,
-            "criterion": "best mean accuracy over corruptions x severities 1-5 with clean "
-            f"accuracy within {args.clean_tolerance} point of unpatched",
-            "chosen": best,
-            "summary": {
-                label: {
-                    g: round(summary[g][label], 2) if label in summary[g] else None
-                    for g in ("clean", "sev5", "all")
-                }
-                for label in labels
-            },
-        }
-        save_detector(args.detector, det, config)
+        save_detector(args.detector, det, chosen)
         print(f"stored rule {best} in {Path(args.detector) / 'detector.json'}")
     if args.install:
         _install(args.folder, args.detector)

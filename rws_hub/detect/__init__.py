@@ -11,12 +11,20 @@ Modules, by job:
 * :mod:`~rws_hub.detect.cost`: FLOPs and wall time next to the backbone.
 * :mod:`~rws_hub.detect.training`: corrupted training samples and the resumable training loop.
 * :mod:`~rws_hub.detect.evaluation`: measuring the detector and ``"auto"``, choosing a rule.
+* :mod:`~rws_hub.detect.build`: making a folder's detector: train and record its cost, choose
+  and record its rule (the ``rws detector`` verbs and the zoo's ``detector`` step).
 
 Every public name of these modules is importable from here.
 """
 
 from __future__ import annotations
 
+from rws_hub.detect.build import (
+    RuleSelection,
+    conv1_sha256,
+    select_rule,
+    train_and_record,
+)
 from rws_hub.detect.cost import (
     conv_macs,
     detector_flops,
@@ -26,6 +34,7 @@ from rws_hub.detect.evaluation import (
     CANDIDATE_RULES,
     CachedPredictor,
     Cell,
+    PatchedModel,
     choose_rule,
     evaluate_auto,
     make_cells,
@@ -76,10 +85,13 @@ __all__ = [
     "Cell",
     "CorruptionDetector",
     "Detection",
+    "PatchedModel",
+    "RuleSelection",
     "DetectorTrainConfig",
     "auto_patcher_from_folder",
     "batch_features",
     "choose_rule",
+    "conv1_sha256",
     "conv_features",
     "conv_macs",
     "detector_classes",
@@ -93,6 +105,8 @@ __all__ = [
     "per_class_accuracy",
     "rule_mix",
     "save_detector",
+    "select_rule",
     "summarize",
+    "train_and_record",
     "train_detector",
 ]

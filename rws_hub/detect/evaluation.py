@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rws_hub.core.mix import Mix
+from rws_hub.core.patching import patch
 from rws_hub.datasets.arrays import corrupt_blocks
 from rws_hub.detect.model import CLEAN, CorruptionDetector
 from rws_hub.detect.rules import AutoRule, rule_mix
@@ -21,6 +23,7 @@ __all__ = [
     "CANDIDATE_RULES",
     "CachedPredictor",
     "Cell",
+    "PatchedModel",
     "choose_rule",
     "evaluate_auto",
     "make_cells",
@@ -73,6 +76,41 @@ class CachedPredictor:
             for i, p in zip(rows, pred, strict=True):
                 self.cache[(keys[i], mixes[i])] = int(p)
         return torch.tensor([self.cache[(k, m)] for k, m in zip(keys, mixes, strict=True)])
+
+
+class PatchedModel:
+    """An engine-like view of a module and its signatures, for :func:`evaluate_auto` where no
+    serving engine is at hand (the zoo pipeline): ``predict(x, mixes)`` runs the rows of each
+    distinct mix with :func:`rws_hub.core.patching.patch` (the weights the engine builds, by the
+    same kernel), ``signatures`` and ``defaults`` as the engine has them."""
+
+    def __init__(self, model: torch.nn.Module, signatures: Mapping[str, Any]) -> None:
+        self.model = model.eval()
+        self.signatures = dict(signatures)
+        self.defaults = {n: float(s.default_alpha) for n, s in self.signatures.items()}
+        self._device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, mixes: Sequence[Mix]) -> torch.Tensor:
+        """Logits per row of float images ``x`` in [0, 1] under its mix."""
+        rows: dict[Mix, list[int]] = {}
+        for i, mix in enumerate(mixes):
+            rows.setdefault(mix.without_zeros(), []).append(i)
+        out: torch.Tensor | None = None
+        for mix, idx in rows.items():
+            xs = x[idx].to(self._device).contiguous(memory_format=torch.channels_last)
+            ctx = (
+                nullcontext()
+                if mix.is_empty
+                else patch(self.model, dict(mix), signatures=self.signatures)
+            )
+            with ctx:
+                logits = self.model(xs).float().cpu()
+            if out is None:
+                out = logits.new_empty((len(x), logits.shape[1]))
+            out[idx] = logits
+        assert out is not None, "no rows"
+        return out
 
 
 @dataclass

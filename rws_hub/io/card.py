@@ -305,12 +305,19 @@ def _body(config: Mapping[str, Any]) -> str:
     det = config.get("detector")
     if config.get("rebuild") or isinstance(det, Mapping):
         lines += ["## Rebuild", ""]
+    # a zoo version whose pipeline has the detector step records its options in the recipe
+    makes_detector = "detector_images" in (config.get("recipe") or {})
     if config.get("rebuild"):
+        detector_too = (
+            ', then trains its corruption detector and chooses its `"auto"` rule by measurement'
+            if makes_detector
+            else ""
+        )
         lines += [
             "The robust models the signatures were extracted from are not shipped (each is as "
             f"large as the backbone); this command (from a checkout of rws-hub, with {title}) "
             "retrains θ_pre, the clean backbone and every robust model, then extracts, "
-            "evaluates and exports this folder, step by step and resumable:",
+            f"evaluates and exports this folder{detector_too}, step by step and resumable:",
             "",
             f"    {config['rebuild']}",
             "",
@@ -320,9 +327,15 @@ def _body(config: Mapping[str, Any]) -> str:
         opts = "".join(
             f" --{k} {train[k]}" for k in ("images", "epochs") if train.get(k) is not None
         )
+        how = (
+            "The detector alone, on this folder's backbone (what that command's `detector` "
+            "step runs):"
+            if makes_detector and config.get("rebuild")
+            else 'The corruption detector behind `"auto"` (`detector.safetensors`) is trained '
+            "on this folder's backbone, then its rule is chosen by measurement and installed:"
+        )
         lines += [
-            'The corruption detector behind `"auto"` (`detector.safetensors`) is trained '
-            "on this folder's backbone, then its rule is chosen by measurement and installed:",
+            how,
             "",
             f"    rws detector train --folder <this folder> --data <{title}>{opts} --out DIR",
             f"    rws detector eval --folder <this folder> --data <{title}> --detector DIR "

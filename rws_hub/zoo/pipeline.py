@@ -1,10 +1,12 @@
 """The zoo pipeline: one command builds a zoo entry, step by step, resumable.
 
-``pretrain → clean → robust (one per corruption) → extract → evaluate → export``
+``pretrain → clean → robust (one per corruption) → extract → evaluate → export → detector``
 
 Every step writes into the work folder and is skipped when its output exists; a training step
 killed half way resumes from its last checkpoint. The export step writes the model folder
-(``rws_hub.io.folder``) with the measured metrics in its config and model card.
+(``rws_hub.io.folder``) with the measured metrics in its config and model card; the detector
+step trains the folder's corruption detector on its backbone, chooses its ``"auto"`` rule with
+its signatures and installs it.
 """
 
 from __future__ import annotations
@@ -34,12 +36,23 @@ from rws_hub.datasets import DatasetSpec, get_dataset
 from rws_hub.datasets.arrays import load_images
 from rws_hub.datasets.corruptions import ALL_CORRUPTIONS
 from rws_hub.datasets.examples import example_pngs
+from rws_hub.detect import CONFIG_NAME as DETECTOR_CONFIG
+from rws_hub.detect import (
+    PatchedModel,
+    RuleSelection,
+    load_detector,
+    save_detector,
+    select_rule,
+    train_and_record,
+)
+from rws_hub.detect.training import DetectorTrainConfig
 from rws_hub.io.folder import (
     CONFIG_FILE,
     MANIFEST_FILE,
     SIGNATURE_DIR,
     SIGNATURE_SETS,
     ModelFolder,
+    add_detector,
     save_model_folder,
 )
 from rws_hub.zoo.entries import DEFAULT_ENTRY, STORE_DIR, get_entry
@@ -48,7 +61,7 @@ from rws_hub.zoo.training import TrainConfig, build_model, resolve_device, train
 
 #: eval.json key: :meth:`ZooBuilder.signatures_digest` of the signatures it measured
 SIGNATURES_DIGEST = "signatures_sha256"
-STEPS = ("pretrain", "clean", "robust", "extract", "evaluate", "export")
+STEPS = ("pretrain", "clean", "robust", "extract", "evaluate", "export", "detector")
 
 
 def _all_corruptions() -> list[str]:
@@ -93,6 +106,11 @@ class ZooSpec:
     # the head stage's frozen part: None = the whole trunk (a linear probe); K = the first K
     # units (the signature's layers keep θ_pre's values), every later layer adapts too
     head_frozen_units: int | None = None
+    # the corruption detector behind "auto" (the detector step): training samples and epochs
+    # of its head, and held-out images per corruption and severity when its rule is chosen
+    detector_images: int = 40000
+    detector_epochs: int = 30
+    detector_per_cell: int = 20
 
     @classmethod
     def for_entry(cls, name: str | None = None, **overrides: Any) -> ZooSpec:
@@ -266,6 +284,10 @@ def _reference(source: Path, export: Path, pre: dict[str, torch.Tensor]) -> dict
     with contextlib.suppress(ValueError):
         ref["repo_id"] = get_entry(str(other.get("name", source.name)), planned=True).repo_id
     return ref
+
+
+def _quiet(*_: Any, **__: Any) -> None:
+    """A log function that says nothing."""
 
 
 def _digest(directory: Path, names: list[str]) -> str:
@@ -552,7 +574,7 @@ class ZooBuilder:
                     config[key] = [float(v) for v in state[f"normalize.{key}"].reshape(-1)]
         config["metrics"] = self.metrics()
         config["default_signatures"] = list(self.spec.corruptions)
-        return save_model_folder(
+        path = save_model_folder(
             self.spec.export,
             model=model,
             config=config,
@@ -561,6 +583,59 @@ class ZooBuilder:
             evaluation=json.loads((self.work / "eval.json").read_text()),
             examples=self.examples(),
         )
+        self._install_detector()  # the folder is written anew: keep a detector already made
+        return path
+
+    # --- the corruption detector ------------------------------------------------------------
+    def detector_config(self) -> DetectorTrainConfig:
+        """The detector's training run: the entry's data and seed, ``detector_images`` samples
+        (a twentieth of them, at most 2000, held out) and ``detector_epochs`` epochs."""
+        images = self.spec.detector_images
+        return DetectorTrainConfig(
+            data=str(self.spec.data),
+            images=images,
+            heldout=max(1, min(2000, images // 20)),
+            epochs=self.spec.detector_epochs,
+            seed=self.spec.seed,
+        )
+
+    def detector(self) -> Path:
+        """Train the folder's corruption detector on its backbone (resumable; kept in
+        ``<work>/detector``), choose its ``"auto"`` rule on held-out training images with the
+        folder's signatures, and install both in the folder. The rule is chosen again when the
+        signature files change (the record keeps their sha256)."""
+        out = self.work / "detector"
+        folder = ModelFolder.load(self.spec.export)
+        if (out / DETECTOR_CONFIG).is_file():
+            det, config = load_detector(out)
+        else:
+            config = {}
+        if "cost" not in config:  # not trained to the end (or by an older version): resume
+            log = print if self.progress else _quiet
+            det, config = train_and_record(
+                folder.model, str(out), self.detector_config(), source=self.spec.export, log=log
+            )
+        digest = self.signatures_digest()
+        chosen = config.get("rule_selection")
+        if chosen is None or chosen.get(SIGNATURES_DIGEST, digest) != digest:
+            torch.set_num_threads(os.cpu_count() or 1)  # a few thousand images: the CPU
+            model = PatchedModel(folder.model, folder.signatures)
+            data = load_images(self.spec.data, "train", dataset=self.spec.dataset)
+            selection = RuleSelection(per_cell=self.spec.detector_per_cell, seed=self.spec.seed)
+            select_rule(model, det, config, data, selection)
+        config["rule_selection"][SIGNATURES_DIGEST] = digest
+        save_detector(out, det, config)
+        self._install_detector()
+        return Path(self.spec.export)
+
+    def _install_detector(self) -> None:
+        """Add ``<work>/detector`` to the exported folder when its rule is chosen."""
+        out = self.work / "detector"
+        if not (out / DETECTOR_CONFIG).is_file():
+            return
+        det, config = load_detector(out)
+        if "rule" in config and "rule_selection" in config:
+            add_detector(self.spec.export, det.state_dict(), config)
 
     def examples(self) -> dict[str, bytes]:
         """The folder's demo examples: test images of its data set, some corrupted

@@ -8,7 +8,7 @@ from typing import Any
 from rws_hub.zoo.pipeline import ZooSpec
 
 #: Fast settings: an eighth-width model, one pretraining epoch, half-epoch fine-tunes, 64 test
-#: images, one fine-tuning job at a time.
+#: images, one fine-tuning job at a time, a detector from 200 samples and 2 epochs.
 FAST: dict[str, Any] = {
     "width": 0.125,
     "pretrain_epochs": 1,
@@ -16,6 +16,9 @@ FAST: dict[str, Any] = {
     "robust_epochs": 0.5,
     "eval_limit": 64,
     "jobs": 1,
+    "detector_images": 200,
+    "detector_epochs": 2,
+    "detector_per_cell": 1,
 }
 
 

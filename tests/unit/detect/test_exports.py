@@ -7,7 +7,7 @@ import importlib
 
 import rws_hub.detect as package
 
-MODULES = ("features", "model", "rules", "cost", "training", "evaluation")
+MODULES = ("features", "model", "rules", "cost", "training", "evaluation", "build")
 
 
 def test_every_public_name_is_re_exported() -> None:

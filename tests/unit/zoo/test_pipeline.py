@@ -35,6 +35,15 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     assert set(m["corruptions"]) == {"gaussian_noise", "contrast"}
     assert 0 <= m["clean_accuracy"] <= 1 and m["test_images"] == 64
     assert all(0 <= v <= 1 for row in m["corruptions"].values() for v in row.values())
+    # the detector step: trained on the backbone, its "auto" rule chosen with the signatures
+    det = folder.config["detector"]
+    assert "cost" in det and det["rule_selection"]["chosen"] in det["rule_selection"]["summary"]
+    from rws_hub.inference.engine import Engine
+
+    answer = Engine.from_folder(spec.export, device="cpu").classify(
+        torch.rand(1, 3, 32, 32), "auto"
+    )
+    assert answer[0]["auto"] and answer[0]["detected"]
     sig = folder.signatures["gaussian_noise"]
     assert sig.layers == 7 and len(sig.tensors) == 14  # weight + bias of 7 conv layers
     assert sig.quantization and sig.quantization["bits"] == 8
@@ -82,6 +91,12 @@ def _signatures_change_storage(spec: ZooSpec, before: dict) -> None:
     sig = folder.signatures["contrast"]
     assert sig.factors and all(f.rank <= 2 for f in sig.factors.values())
     assert folder.config["recipe"]["quantization"] == "rank2-int8"
+    # the export kept the detector made before; its step chooses the rule again for the new set
+    chosen = folder.config["detector"]["rule_selection"]
+    assert chosen["signatures_sha256"] == before["signatures_sha256"]
+    ZooBuilder(spec, progress=False).run(("detector",))
+    chosen = ModelFolder.load(spec.export).config["detector"]["rule_selection"]
+    assert chosen["signatures_sha256"] == after["signatures_sha256"]
 
 
 def test_zoo_cli_refuses_unknown_steps(capsys: pytest.CaptureFixture[str]) -> None:
