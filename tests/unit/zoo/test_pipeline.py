@@ -279,3 +279,27 @@ def test_an_entry_on_another_data_set_shares_the_lineage(tiny_cifar: Path, tmp_p
         want / 100, 6
     )
     assert relinked.signatures["cifar10.fog"].factors
+
+
+def test_a_resnet_entry_builds_end_to_end(tiny_cifar: Path, tmp_path: Path) -> None:
+    """Every step on a batch-norm ResNet (the planned ResNet-20 entry's architecture): units
+    traced through residual blocks, signatures with batch-norm statistics, the detector on its
+    16-channel stem, and a folder that serves ``"auto"``."""
+    import rws_hub
+    from rws_hub.inference.engine import Engine
+
+    spec = tiny_spec(
+        tmp_path, tiny_cifar, architecture="resnet20_cifar", width=0.5, corruptions=["fog"]
+    )
+    ZooBuilder(spec, progress=False).run()
+    folder = ModelFolder.load(spec.export)
+    sig = folder.signatures["fog"]
+    assert any(t.endswith("running_var") for t in sig.tensors)
+    assert "detector" in folder.config and folder.config["rebuild"].startswith("rws zoo build")
+    engine = Engine.from_folder(spec.export, device="cpu")
+    x = torch.rand(2, 3, 32, 32)
+    assert engine.classify(x, "auto")[0]["auto"]
+    with torch.no_grad(), rws_hub.patch(folder.model, {sig: 1.0}):
+        want = folder.model(x)
+    got = engine.predict(x, ["fog:1", "fog:1"])
+    assert torch.allclose(got, want, atol=1e-4)
