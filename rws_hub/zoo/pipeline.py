@@ -286,6 +286,12 @@ def _reference(source: Path, export: Path, pre: dict[str, torch.Tensor]) -> dict
     return ref
 
 
+def _same_conv1(det: Any, backbone: nn.Module) -> bool:
+    """Whether the detector's frozen conv1 is ``backbone``'s first conv."""
+    first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    return first is not None and torch.equal(det.conv.weight, first.weight.detach().float())
+
+
 def _quiet(*_: Any, **__: Any) -> None:
     """A log function that says nothing."""
 
@@ -608,6 +614,11 @@ class ZooBuilder:
         folder = ModelFolder.load(self.spec.export)
         if (out / DETECTOR_CONFIG).is_file():
             det, config = load_detector(out)
+            if not _same_conv1(det, folder.model):
+                raise ValueError(
+                    f"{out} holds a detector made for another backbone (its conv1 differs from "
+                    f"{self.spec.export}'s); remove that folder to train one for this backbone"
+                )
         else:
             config = {}
         if "cost" not in config:  # not trained to the end (or by an older version): resume
@@ -634,8 +645,12 @@ class ZooBuilder:
         if not (out / DETECTOR_CONFIG).is_file():
             return
         det, config = load_detector(out)
-        if "rule" in config and "rule_selection" in config:
-            add_detector(self.spec.export, det.state_dict(), config)
+        if "rule" not in config or "rule_selection" not in config:
+            return
+        if not _same_conv1(det, ModelFolder.load(self.spec.export, signatures=None).model):
+            print(f"not installed: {out} holds a detector made for another backbone")
+            return
+        add_detector(self.spec.export, det.state_dict(), config)
 
     def examples(self) -> dict[str, bytes]:
         """The folder's demo examples: test images of its data set, some corrupted

@@ -303,3 +303,13 @@ def test_a_resnet_entry_builds_end_to_end(tiny_cifar: Path, tmp_path: Path) -> N
         want = folder.model(x)
     got = engine.predict(x, ["fog:1", "fog:1"])
     assert torch.allclose(got, want, atol=1e-4)
+    # a detector made for another backbone is neither installed nor reused
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(Path(spec.work) / "detector/detector.safetensors"))
+    state["conv.weight"] = state["conv.weight"] + 1.0
+    save_file(state, str(Path(spec.work) / "detector/detector.safetensors"))
+    ZooBuilder(spec, progress=False).run(("export",))
+    assert "detector" not in ModelFolder.load(spec.export).config
+    with pytest.raises(ValueError, match="another backbone"):
+        ZooBuilder(spec, progress=False).run(("detector",))
