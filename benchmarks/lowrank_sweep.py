@@ -31,7 +31,7 @@ import rws_hub
 from rws_hub.core.seeding import seeded_generator
 from rws_hub.core.signature import Signature
 from rws_hub.datasets.arrays import load_images
-from rws_hub.datasets.corruptions import corrupt
+from rws_hub.datasets.corruptions import ALL_CORRUPTIONS, corrupt
 from rws_hub.io.folder import ModelFolder
 
 
@@ -49,13 +49,21 @@ def correct(model: torch.nn.Module, xs: list[torch.Tensor], y: torch.Tensor) -> 
     return 100.0 * hits / len(y)
 
 
-def storage_name(quantization: dict[str, Any] | None) -> str:
-    """``fp32``, or e.g. ``int8 per channel`` for a signature's quantization record."""
-    if not quantization:
-        return "fp32"
-    scheme = quantization.get("scheme", "linear")
-    kind = "int" if scheme == "linear" else scheme
-    return f"{kind}{quantization['bits']} per {quantization.get('granularity', 'tensor')}"
+def storage_name(sig: Signature) -> str:
+    """``fp32``, ``int8 per channel``, or ``low-rank rank 16, int4 per channel`` for a
+    signature's storage."""
+    q = sig.quantization
+    if not q:
+        name = "fp32"
+    else:
+        scheme = q.get("scheme", "linear")
+        kind = "int" if scheme == "linear" else scheme
+        name = f"{kind}{q['bits']} per {q.get('granularity', 'tensor')}"
+    if sig.factors:
+        ranks = sorted({f.rank for f in sig.factors.values()})
+        span = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
+        name = f"low-rank rank {span}, {name}"
+    return name
 
 
 def main() -> None:
@@ -98,7 +106,10 @@ def main() -> None:
     formats = ["dense", *shipped] + [f"r{r}-{s}" for r in ranks for s in storages]
     rows: dict[str, dict[str, Any]] = {f: {"ra": {}, "ta": {}} for f in formats}
     started = time.time()
-    chosen = list(folder.signatures) if args.corruptions == "all" else args.corruptions.split(",")
+    own = [n for n in folder.config.get("signatures", []) if n in ALL_CORRUPTIONS]
+    chosen = own if args.corruptions == "all" else args.corruptions.split(",")
+    if not chosen:
+        raise SystemExit(f"{args.folder}: no corruption signatures to sweep")
     for c in tqdm(chosen, desc="corruptions"):
         sig = folder.signatures[c]
         source = Signature.load(Path(args.signatures) / f"{c}.safetensors") if shipped else sig
@@ -153,8 +164,8 @@ def main() -> None:
         "model_bytes": model_bytes,
         "backbone_ta": unpatched_ta,
         "dense_source": args.signatures or args.folder,
-        "dense_storage": storage_name(source.quantization),
-        "shipped_storage": storage_name(sig.quantization),
+        "dense_storage": storage_name(source),
+        "shipped_storage": storage_name(sig),
         "summary": summary,
         "per_corruption": rows,
         "meets_300x_within_1_point": meets,

@@ -48,6 +48,7 @@ from rws_hub.detect import (
 from rws_hub.detect.training import DetectorTrainConfig
 from rws_hub.io.folder import (
     CONFIG_FILE,
+    EVAL_FILE,
     MANIFEST_FILE,
     SIGNATURE_DIR,
     SIGNATURE_SETS,
@@ -289,7 +290,22 @@ def _reference(source: Path, export: Path, pre: dict[str, torch.Tensor]) -> dict
 def _same_conv1(det: Any, backbone: nn.Module) -> bool:
     """Whether the detector's frozen conv1 is ``backbone``'s first conv."""
     first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
-    return first is not None and torch.equal(det.conv.weight, first.weight.detach().float())
+    if first is None or not torch.equal(det.conv.weight, first.weight.detach().float()):
+        return False
+    bias = (
+        first.bias.detach().float() if first.bias is not None else torch.zeros_like(det.conv.bias)
+    )
+    return torch.equal(det.conv.bias, bias)
+
+
+def _exported_digest(folder: Path) -> str | None:
+    """The signature digest of the measurement an exported folder carries (its ``eval.json``),
+    if recorded."""
+    path = folder / EVAL_FILE
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get(SIGNATURES_DIGEST)
+    return value if isinstance(value, str) else None
 
 
 def _quiet(*_: Any, **__: Any) -> None:
@@ -447,8 +463,13 @@ class ZooBuilder:
         if "backbone" in results and results.get(SIGNATURES_DIGEST) not in (None, digest):
             # the signature files changed since they were measured (another storage, say):
             # measure the patched numbers again; the backbone's own and the robust models stay
-            self._remeasure_own(results["backbone"], test)
-            results[SIGNATURES_DIGEST] = digest
+            # (a record without every corruption at this severity is measured again whole)
+            measured = results["backbone"].get("corrupted", {})
+            if all(str(sev) in measured.get(c, {}) for c in self.spec.corruptions):
+                self._remeasure_own(results["backbone"], test)
+                results[SIGNATURES_DIGEST] = digest
+            else:
+                del results["backbone"]
             path.write_text(json.dumps(results, indent=2))
         if "backbone" not in results:
             model = load_state_model(self.spec, self.work / "clean/final.safetensors")
@@ -627,6 +648,12 @@ class ZooBuilder:
                 folder.model, str(out), self.detector_config(), source=self.spec.export, log=log
             )
         digest = self.signatures_digest()
+        exported = _exported_digest(Path(self.spec.export))
+        if exported not in (None, digest):
+            raise ValueError(
+                f"{self.spec.export} was exported from other signature files than "
+                f"{self.work / SIGNATURE_DIR}: run the export step first"
+            )
         chosen = config.get("rule_selection")
         if chosen is None or chosen.get(SIGNATURES_DIGEST, digest) != digest:
             torch.set_num_threads(os.cpu_count() or 1)  # a few thousand images: the CPU
@@ -650,6 +677,13 @@ class ZooBuilder:
         if not _same_conv1(det, ModelFolder.load(self.spec.export, signatures=None).model):
             print(f"not installed: {out} holds a detector made for another backbone")
             return
+        if config["rule_selection"].get(SIGNATURES_DIGEST, self.signatures_digest()) != (
+            self.signatures_digest()
+        ):
+            print(
+                f"note: the detector's auto rule was chosen with other signature files; the "
+                f"detector step chooses it again for {self.spec.export}"
+            )
         add_detector(self.spec.export, det.state_dict(), config)
 
     def examples(self) -> dict[str, bytes]:

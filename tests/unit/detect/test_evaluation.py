@@ -46,6 +46,11 @@ def test_cli_train_eval_install(
     assert Engine.from_folder(root, device="cpu").detector is None
     assert main(["detector", "install", "--folder", str(root), "--detector", str(out)]) == 0
     assert Engine.from_folder(root, device="cpu").detector is not None
+    stored = (out / "detector.json").read_bytes()
+    assert main(["detector", "eval", *common, "--detector", str(out), "--start", "200",
+                 "--per-cell", "1", "--clean", "20"]) == 0  # fmt: skip
+    assert (out / "detector.json").read_bytes() == stored  # measured, not stored: no --choose
+    assert "rule_selection" not in json.loads(stored)
     assert main(["detector", "eval", *common, "--detector", str(out), "--start", "200",
                  "--per-cell", "1", "--clean", "20", "--choose", "--install"]) == 0  # fmt: skip
     text = capsys.readouterr().out
