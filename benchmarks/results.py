@@ -103,7 +103,9 @@ def load_spec(work: str | Path, folder: str | Path, data: str | None = None) -> 
         recipe = json.loads(config.read_text())["recipe"]
         spec = ZooSpec(**{k: v for k, v in recipe.items() if k in names})
     else:
-        spec = ZooSpec()
+        # not exported yet: the recipe of the zoo entry named like the work folder (a planned
+        # one too; plain defaults for another name), the runs' own settings over it
+        spec = ZooSpec.for_entry(Path(work).name)
         run = Path(work) / "clean" / "config.json"
         if run.exists():
             cfg = json.loads(run.read_text())
@@ -1888,7 +1890,8 @@ def _setup_line(s: dict[str, Any]) -> str:
 def other_entries(out: Path, doc: Path) -> list[str]:
     """The section on the other zoo entries measured into ``<out>/<entry>/``: each one's setup,
     main table and (batch-norm networks) the batch-norm comparison, with a link to its report."""
-    entries = sorted(p.parent for p in out.glob("*/main.json"))
+    sections = ("main", "depth", "bnstats", "datasets")
+    entries = sorted({p.parent for k in sections for p in out.glob(f"*/{k}.json")})
     if not entries:
         return []
     lines = [
@@ -1900,14 +1903,21 @@ def other_entries(out: Path, doc: Path) -> list[str]:
         "",
     ]
     for d in entries:
-        main = json.loads((d / "main.json").read_text())
-        s = main["setup"]
+        first = next(d / f"{k}.json" for k in sections if (d / f"{k}.json").exists())
+        s = json.loads(first.read_text())["setup"]
         report = d / "README.md"
         title = f"### `{s['zoo']}`"
         if report.exists():
             rel = os.path.relpath(report, doc.parent).replace(os.sep, "/")
             title += f" ([full report]({rel}))"
-        lines += [title, "", _setup_line(s), "", f"**Main table.** {render_main(main)}", ""]
+        lines += [title, "", _setup_line(s), ""]
+        if (d / "main.json").exists():
+            lines += [
+                f"**Main table.** {render_main(json.loads((d / 'main.json').read_text()))}",
+                "",
+            ]
+        else:
+            lines += ["**Main table.** Not measured yet (the entry's evaluation has not run).", ""]
         if (d / "depth.json").exists():
             depth = json.loads((d / "depth.json").read_text())
             lines += [
