@@ -68,6 +68,11 @@ def detector_classes(corruptions: Sequence[str] | None = None) -> list[str]:
     return [CLEAN, *corruptions]
 
 
+def _first_conv(backbone: nn.Module) -> nn.Conv2d | None:
+    """The first Conv2d of ``backbone`` (registration order), or None."""
+    return next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+
+
 class CorruptionDetector(nn.Module):
     """Features (frozen backbone conv1 + image statistics) → MLP → logits over :attr:`classes`.
 
@@ -129,9 +134,18 @@ class CorruptionDetector(nn.Module):
         """Length of the raw feature vector."""
         return 4 * self.conv_channels + N_IMAGE_FEATURES
 
+    def has_backbone_conv(self, backbone: nn.Module) -> bool:
+        """Whether the frozen conv1 is ``backbone``'s first Conv2d (weights and bias, a missing
+        bias being zero), i.e. the detector was made for this backbone."""
+        first = _first_conv(backbone)
+        if first is None or not torch.equal(self.conv.weight, first.weight.detach().float()):
+            return False
+        bias = torch.zeros_like(self.conv.bias) if first.bias is None else first.bias.float()
+        return torch.equal(self.conv.bias, bias.detach())
+
     def set_backbone_conv(self, backbone: nn.Module) -> None:
         """Copy the first Conv2d (3 → C, 3x3, padding 1) of ``backbone`` and its normalisation."""
-        first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+        first = _first_conv(backbone)
         if first is None or tuple(first.weight.shape) != tuple(self.conv.weight.shape):
             shape = None if first is None else tuple(first.weight.shape)
             raise ValueError(

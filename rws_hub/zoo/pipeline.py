@@ -287,17 +287,6 @@ def _reference(source: Path, export: Path, pre: dict[str, torch.Tensor]) -> dict
     return ref
 
 
-def _same_conv1(det: Any, backbone: nn.Module) -> bool:
-    """Whether the detector's frozen conv1 is ``backbone``'s first conv."""
-    first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None or not torch.equal(det.conv.weight, first.weight.detach().float()):
-        return False
-    bias = (
-        first.bias.detach().float() if first.bias is not None else torch.zeros_like(det.conv.bias)
-    )
-    return torch.equal(det.conv.bias, bias)
-
-
 def _exported_digest(folder: Path) -> str | None:
     """The signature digest of the measurement an exported folder carries (its ``eval.json``),
     if recorded."""
@@ -635,7 +624,7 @@ class ZooBuilder:
         folder = ModelFolder.load(self.spec.export)
         if (out / DETECTOR_CONFIG).is_file():
             det, config = load_detector(out)
-            if not _same_conv1(det, folder.model):
+            if not det.has_backbone_conv(folder.model):
                 raise ValueError(
                     f"{out} holds a detector made for another backbone (its conv1 differs from "
                     f"{self.spec.export}'s); remove that folder to train one for this backbone"
@@ -663,7 +652,7 @@ class ZooBuilder:
             select_rule(model, det, config, data, selection)
         config["rule_selection"][SIGNATURES_DIGEST] = digest
         save_detector(out, det, config)
-        self._install_detector()
+        add_detector(self.spec.export, det.state_dict(), config)
         return Path(self.spec.export)
 
     def _install_detector(self) -> None:
@@ -674,12 +663,11 @@ class ZooBuilder:
         det, config = load_detector(out)
         if "rule" not in config or "rule_selection" not in config:
             return
-        if not _same_conv1(det, ModelFolder.load(self.spec.export, signatures=None).model):
+        if not det.has_backbone_conv(ModelFolder.load(self.spec.export, signatures=None).model):
             print(f"not installed: {out} holds a detector made for another backbone")
             return
-        if config["rule_selection"].get(SIGNATURES_DIGEST, self.signatures_digest()) != (
-            self.signatures_digest()
-        ):
+        digest = self.signatures_digest()
+        if config["rule_selection"].get(SIGNATURES_DIGEST, digest) != digest:
             print(
                 f"note: the detector's auto rule was chosen with other signature files; the "
                 f"detector step chooses it again for {self.spec.export}"
