@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from rws_hub.archs import choose_units  # noqa: E402
 from rws_hub.core.extraction import extract  # noqa: E402
 from rws_hub.core.layers import shallow_units, unit_params  # noqa: E402
 from rws_hub.core.patching import apply, patch, remove  # noqa: E402
@@ -834,6 +835,10 @@ def render_depth(r: dict[str, Any]) -> str:
         f"90% of its peak at K = {reach}; at the zoo's K = {k0} it is {mg[k0 - 1]:+.1f} points "
         f"for {r['fp32_bytes'][k0 - 1] / r['fp32_bytes'][-1] * 100:.0f}% of the bytes of K = "
         f"{ks[-1]}.",
+        "",
+        f"Recommended K for {r['setup']['architecture']}: **{choose_units(ks, mg)}**, the smallest "
+        "K whose mean RA gain is within one point of the best (the registry's `recommended_units`, "
+        "printed by `rws info`).",
     ]
     return "\n".join(lines)
 

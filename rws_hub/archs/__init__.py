@@ -10,11 +10,13 @@ from rws_hub.archs import resnet, torchvision_models, vgg
 from rws_hub.archs.normalize import Normalize
 from rws_hub.archs.registry import (
     ModelEntry,
+    choose_units,
     create_model,
     get_model_builder,
     list_models,
     model_from_config,
     model_kwargs,
+    recommended_units,
     register_family,
     register_model,
     unregister_model,
@@ -23,11 +25,13 @@ from rws_hub.archs.registry import (
 __all__ = [
     "ModelEntry",
     "Normalize",
+    "choose_units",
     "create_model",
     "get_model_builder",
     "list_models",
     "model_from_config",
     "model_kwargs",
+    "recommended_units",
     "register_family",
     "register_model",
     "unregister_model",

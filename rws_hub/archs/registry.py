@@ -9,6 +9,11 @@ Every builder accepts ``num_classes``, ``mean`` and ``std`` (the data set's norm
 which the caller supplies: :func:`model_from_config` takes them from a model folder's
 ``config.json``, the zoo from the data set's spec) and, optionally, ``width``.
 
+An architecture may carry a **recommended K** (``recommended_units``): how many units a
+signature of it should cover, measured by a K sweep on a trained model of that architecture
+(``benchmarks/results.py depth``: the smallest K whose mean RA gain is within one point of the
+sweep's best). ``rws info`` prints it; architectures nobody has swept have none.
+
 Which pretrained weights exist for an architecture is the zoo's business:
 ``rws_hub.zoo.weights.get_model_weights(name)`` looks them up by architecture name.
 """
@@ -26,18 +31,23 @@ Builder = Callable[..., nn.Module]
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture: its name, builder and the module that defined it."""
+    """A registered architecture: its name, builder, the module that defined it and, when a K
+    sweep measured one, its recommended number of signature units."""
 
     name: str
     builder: Builder
     module: str
+    recommended_units: int | None = None
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str | None = None) -> Callable[[Builder], Builder]:
-    """Decorator: register a model builder under ``name`` (default: the function's name).
+def register_model(
+    name: str | None = None, *, recommended_units: int | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator: register a model builder under ``name`` (default: the function's name), with
+    the recommended K of its signatures when a K sweep measured one.
 
     A name already registered is refused with a ``ValueError`` naming the module that holds
     it (a silent overwrite would change what every model folder of that name builds).
@@ -51,7 +61,9 @@ def register_model(name: str | None = None) -> Callable[[Builder], Builder]:
                 f"architecture {key!r} is already registered (by {old.module}.{old.builder.__name__}); "
                 "pick another name"
             )
-        _MODELS[key] = ModelEntry(key, fn, fn.__module__)
+        if recommended_units is not None and recommended_units < 1:
+            raise ValueError(f"recommended_units must be >= 1, got {recommended_units}")
+        _MODELS[key] = ModelEntry(key, fn, fn.__module__, recommended_units)
         return fn
 
     return deco
@@ -91,6 +103,23 @@ def get_model_builder(name: str) -> Builder:
                 return builder
     families = "".join(f", {p}<name>" for p in _FAMILIES)
     raise ValueError(f"unknown architecture {name!r}; known: {', '.join(list_models())}{families}")
+
+
+def recommended_units(name: str) -> int | None:
+    """The recommended K (signature units) of architecture ``name``, measured by a K sweep;
+    None when none was measured (torchvision's models, new architectures)."""
+    entry = _MODELS.get(name)
+    return entry.recommended_units if entry is not None else None
+
+
+def choose_units(ks: list[int], mean_gain: list[float], tolerance: float = 1.0) -> int:
+    """The K a K sweep recommends: the smallest K whose mean RA gain is within ``tolerance``
+    points of the sweep's best (differences below a point are within a 1000-image sweep's
+    noise, and every further unit only adds bytes)."""
+    if not ks or len(ks) != len(mean_gain):
+        raise ValueError("a K sweep needs one mean gain per K")
+    best = max(mean_gain)
+    return next(k for k, g in zip(ks, mean_gain, strict=True) if g >= best - tolerance)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

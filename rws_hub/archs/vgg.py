@@ -94,13 +94,14 @@ class VGGCifar(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
-@register_model("vgg16_cifar")
+# recommended K: the K sweeps in docs/results.md (section 5, and its report for the BN entry)
+@register_model("vgg16_cifar", recommended_units=6)
 def vgg16_cifar(num_classes: int = 10, width: float = 1.0, **kwargs: Any) -> nn.Module:
     """VGG-16 (32x32 variant, no BN, GAP + one linear layer); see :class:`VGGCifar`."""
     return VGGCifar(num_classes=num_classes, width=width, **kwargs)
 
 
-@register_model("vgg16_bn_cifar")
+@register_model("vgg16_bn_cifar", recommended_units=6)
 def vgg16_bn_cifar(num_classes: int = 10, width: float = 1.0, **kwargs: Any) -> nn.Module:
     """VGG-16 with batch norm after every conv (32x32 variant, GAP + one linear layer)."""
     return VGGCifar(num_classes=num_classes, width=width, batch_norm=True, **kwargs)

@@ -171,8 +171,11 @@ def _coverage(args: argparse.Namespace) -> int:
         n = sum(sd[x].numel() for x in names)
         rows.append({"unit": i, "conv": u.conv, "norm": u.norm, "tensors": names, "values": n})
     covered = sum(r["values"] for r in rows)
+    architecture, recommended = _recommended(path)
     out = {
         "model": str(weights),
+        "architecture": architecture,
+        "recommended_units": recommended,
         "units_total": len(units),
         "layers": k,
         "bn": args.bn,
@@ -193,7 +196,28 @@ def _coverage(args: argparse.Namespace) -> int:
         f"the first {k} units (bn={args.bn}) cover {covered:,} of {total:,} values "
         f"({100 * out['share_of_parameters']:.1f}% of the parameters and statistics)"
     )
+    if recommended is not None:
+        print(f"recommended K for {architecture}: {recommended} (measured by a K sweep)")
+    elif architecture is not None:
+        print(f"no measured K for {architecture}: the published default for VGG-16 is 7")
     return 0
+
+
+def _recommended(path: Path) -> tuple[str | None, int | None]:
+    """A model folder's architecture (from its ``config.json``; ``path`` is the folder or its
+    ``model.safetensors``) and that architecture's recommended K; (None, None) without one."""
+    from rws_hub.archs import recommended_units
+
+    folder = path if path.is_dir() else path.parent if path.name == "model.safetensors" else None
+    if folder is None:
+        return None, None
+    config = folder / "config.json"
+    if not config.is_file():
+        return None, None
+    architecture = json.loads(config.read_text()).get("architecture")
+    if not isinstance(architecture, str):
+        return None, None
+    return architecture, recommended_units(architecture)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ module works with create_model, model_from_config and the model folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from torch import nn
 
 from rws_hub.archs import (
     Normalize,
+    choose_units,
     create_model,
     list_models,
     model_from_config,
+    recommended_units,
     register_model,
     unregister_model,
 )
@@ -114,3 +117,35 @@ def test_state_dict_layout_unchanged() -> None:
     assert len(keys) == 2 + 26 + 2
     bn = list(create_model("vgg16_bn_cifar", width=0.125).state_dict())
     assert "features.1.running_mean" in bn
+
+
+def test_recommended_units_follow_the_measured_k_sweeps() -> None:
+    """Each registered recommended K is what the committed K sweep of that architecture gives
+    (docs/results/**/depth.json), so the registry cannot drift from the measurement."""
+    root = Path(__file__).resolve().parents[3] / "docs" / "results"
+    sweeps = sorted(root.rglob("depth.json"))
+    assert sweeps, "no K sweep is committed"
+    seen = set()
+    for path in sweeps:
+        r = json.loads(path.read_text())
+        arch = r["setup"]["architecture"]
+        assert recommended_units(arch) == choose_units(r["ks"], r["mean_gain"]), path
+        seen.add(arch)
+    assert {"vgg16_cifar", "vgg16_bn_cifar"} <= seen
+    assert recommended_units("torchvision.resnet18") is None
+    assert recommended_units("no-such-arch") is None
+
+
+def test_choose_units_rule() -> None:
+    assert choose_units([1, 2, 3, 4], [1.0, 9.6, 10.5, 10.0]) == 2
+    assert choose_units([1, 2, 3, 4], [1.0, 9.4, 10.5, 10.0]) == 3
+    assert choose_units([1, 2, 3], [5.0, 5.0, 5.0]) == 1
+    assert choose_units([1, 2, 3], [0.0, 2.0, 9.0], tolerance=0.5) == 3
+    with pytest.raises(ValueError, match="one mean gain per K"):
+        choose_units([1, 2], [1.0])
+
+
+def test_bad_recommended_units_refused() -> None:
+    with pytest.raises(ValueError, match="recommended_units"):
+        register_model("rws-test-bad-k", recommended_units=0)(lambda **kw: nn.Identity())
+    assert "rws-test-bad-k" not in list_models()

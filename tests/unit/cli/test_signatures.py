@@ -176,5 +176,22 @@ def test_info_on_a_model_shows_unit_coverage(files, capsys) -> None:
     code, text, _ = run(capsys, "info", files["clean"], "--layers", 2, "--json")
     data = json.loads(text)
     assert data["layers"] == 2 and len(data["units"]) == 2 and 0 < data["share_of_parameters"] < 1
+    assert data["architecture"] is None and data["recommended_units"] is None
     code, _, err = run(capsys, "info", files["clean"], "--layers", 99)
     assert code == 2 and "--layers" in err
+
+
+def test_info_on_a_folder_names_the_recommended_k(files, tmp_path: Path, capsys) -> None:
+    from rws_hub.archs import recommended_units
+    from rws_hub.io.folder import save_model_folder
+
+    folder = tmp_path / "folder"
+    config = {"architecture": "vgg16_cifar", "classes": list("0123456789"), "width": 0.125}
+    save_model_folder(folder, model=create_model("vgg16_cifar", width=0.125), config=config,
+                      pretrained=load_state_dict(files["pre"]))  # fmt: skip
+    code, text, _ = run(capsys, "info", folder, "--layers", 2)
+    k = recommended_units("vgg16_cifar")
+    assert code == 0 and k is not None and f"recommended K for vgg16_cifar: {k}" in text
+    code, text, _ = run(capsys, "info", folder / "model.safetensors", "--layers", 1, "--json")
+    data = json.loads(text)
+    assert data["architecture"] == "vgg16_cifar" and data["recommended_units"] == k
