@@ -144,7 +144,8 @@ def resnet50_cifar(num_classes: int = 10, width: float = 1.0, **kwargs) -> ResNe
     return ResNetCifar(Bottleneck, (3, 4, 6, 3), _WIDE, num_classes, width, **kwargs)
 
 
-@register_model("resnet20_cifar")
+# recommended K: the K sweep in docs/results/cifar10-resnet20 (the stem and the first 15 units)
+@register_model("resnet20_cifar", recommended_units=16)
 def resnet20_cifar(num_classes: int = 10, width: float = 1.0, **kwargs) -> ResNetCifar:
     """ResNet-20 (3 stages of 3 basic blocks, 16-32-64 channels, 0.27 M parameters)."""
     return ResNetCifar(BasicBlock, (3, 3, 3), (16, 32, 64), num_classes, width, **kwargs)

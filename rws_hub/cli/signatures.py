@@ -159,7 +159,8 @@ def _coverage(args: argparse.Namespace) -> int:
     path = Path(args.file)
     weights = path / "model.safetensors" if path.is_dir() else path
     sd = load_state_dict(weights)
-    units = shallow_units(sd, None)
+    architecture, recommended = _recommended(path)
+    units = shallow_units(_traceable(architecture, path, sd) or sd, None)
     k = args.layers if args.layers is not None else len(units)
     if not 1 <= k <= len(units):
         raise ValueError(f"--layers must be 1..{len(units)} for this model, got {k}")
@@ -171,7 +172,6 @@ def _coverage(args: argparse.Namespace) -> int:
         n = sum(sd[x].numel() for x in names)
         rows.append({"unit": i, "conv": u.conv, "norm": u.norm, "tensors": names, "values": n})
     covered = sum(r["values"] for r in rows)
-    architecture, recommended = _recommended(path)
     out = {
         "model": str(weights),
         "architecture": architecture,
@@ -201,6 +201,22 @@ def _coverage(args: argparse.Namespace) -> int:
     elif architecture is not None:
         print(f"no measured K for {architecture}: the published default for VGG-16 is 7")
     return 0
+
+
+def _traceable(architecture: str | None, path: Path, sd: dict[str, Any]) -> Any:
+    """The folder's model built from its config with ``sd`` loaded, so its units are traced
+    in forward order; None when there is no config or it does not build."""
+    from rws_hub.archs import model_from_config
+
+    if architecture is None:
+        return None
+    folder = path if path.is_dir() else path.parent
+    try:
+        model = model_from_config(json.loads((folder / "config.json").read_text()))
+        model.load_state_dict(sd)
+    except (ValueError, RuntimeError, KeyError):
+        return None  # the names' pairing (shallow_units on the state dict) still answers
+    return model
 
 
 def _recommended(path: Path) -> tuple[str | None, int | None]:

@@ -200,10 +200,10 @@ def shallow_units(
 ) -> list[Unit]:
     """The first ``k`` units (conv + its batch norm) in forward order (``None``: all).
 
-    For a module the pairing is traced (a batch norm whose input is a conv's output); for a
-    state dict, a conv is paired with the batch norm registered next (before the next conv)
-    when its channel count matches -- true for torchvision's and this project's models.
-    Shortcut (downsample) convs count as units where forward calls them.
+    For a module the pairing is traced (a batch norm whose input is a conv's output). A state
+    dict has no code to trace, so the pairing follows the names, as :func:`_state_dict_units`
+    says; trace a module instead wherever one can be built (``rws info`` on a model folder
+    does). Shortcut (downsample) convs count as units where forward calls them.
     """
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise ValueError(f"k must be a positive int or None, got {k!r}")
@@ -211,26 +211,75 @@ def shallow_units(
         order, pairs = _traced(model_or_state_dict)
         units = [Unit(c, pairs.get(c)) for c in order]
     else:
-        sd = _state_dict_of(model_or_state_dict)
-        keys = _ordered_keys(sd)
-        units = []
-        for i, key in enumerate(keys):
-            t = sd[key]
-            if not (key.endswith(".weight") and isinstance(t, torch.Tensor) and t.dim() == 4):
-                continue
-            conv = key.removesuffix(".weight")
-            norm = None
-            for later in keys[i + 1 :]:
-                v = sd[later]
-                if later.endswith(".weight") and isinstance(v, torch.Tensor) and v.dim() == 4:
-                    break  # the next conv: no norm in between
-                if later.endswith(".running_mean") and v.numel() == t.shape[0]:
-                    norm = later.removesuffix(".running_mean")
-                    break
-            units.append(Unit(conv, norm))
+        units = _state_dict_units(_state_dict_of(model_or_state_dict))
     if k is not None and len(units) < k:
         raise ValueError(f"the model has only {len(units)} conv layers; asked for the first {k}")
     return units if k is None else units[:k]
+
+
+def _state_dict_units(sd: Mapping[str, Any]) -> list[Unit]:
+    """Units of a state dict: its convs (4-D ``.weight`` tensors) in registration order (natural
+    order for a file's sorted keys, see :func:`_ordered_keys`), each paired with a batch norm
+    (a prefix with ``running_mean``) of as many channels as the conv has outputs, found by name:
+
+    1. the sibling whose last name part says ``bn`` where the conv's says ``conv``
+       (``layer1.0.conv2`` -> ``layer1.0.bn2``, ``conv1`` -> ``bn1``: torchvision's ResNets and
+       this project's);
+    2. the next index in the same container (``features.0`` -> ``features.1``,
+       ``downsample.0`` -> ``downsample.1``: ``nn.Sequential`` conv/BN pairs, VGG-BN,
+       MobileNets, EfficientNets);
+    3. only when the keys are in registration order (a module's own ``state_dict()``): the
+       batch norm registered next in the same container, before the next conv (DenseNet's
+       ``conv0`` -> ``norm0``, ``conv1`` -> ``norm2``).
+
+    Each batch norm pairs with one conv at most. The names decide, not the data flow: a
+    network that normalises *before* its convs (pre-activation) pairs wrongly by rule 1; give
+    such a network as a module.
+    """
+    keys = _ordered_keys(sd)
+    registration = not _file_order(sd)
+
+    def is_conv(key: str) -> bool:
+        t = sd[key]
+        return key.endswith(".weight") and isinstance(t, torch.Tensor) and t.dim() == 4
+
+    norms = {
+        key.removesuffix(".running_mean"): sd[key].numel()
+        for key in keys
+        if key.endswith(".running_mean") and isinstance(sd[key], torch.Tensor)
+    }
+    taken: set[str] = set()
+
+    def free(name: str, channels: int) -> bool:
+        return norms.get(name) == channels and name not in taken
+
+    units = []
+    for i, key in enumerate(keys):
+        if not is_conv(key):
+            continue
+        conv = key.removesuffix(".weight")
+        channels = sd[key].shape[0]
+        parent, _, last = conv.rpartition(".")
+        prefix = f"{parent}." if parent else ""
+        candidates = []
+        if "conv" in last:
+            candidates.append(prefix + last.replace("conv", "bn"))
+        if last.isdigit():
+            candidates.append(f"{prefix}{int(last) + 1}")
+        norm = next((c for c in candidates if free(c, channels)), None)
+        if norm is None and registration:
+            for later in keys[i + 1 :]:
+                if is_conv(later):
+                    break  # the next conv: no norm in between
+                name = later.removesuffix(".running_mean")
+                same_parent = name.rpartition(".")[0] == parent
+                if later.endswith(".running_mean") and same_parent and free(name, channels):
+                    norm = name
+                    break
+        if norm is not None:
+            taken.add(norm)
+        units.append(Unit(conv, norm))
+    return units
 
 
 def unit_params(
@@ -260,14 +309,17 @@ def _state_dict_of(obj: Mapping[str, torch.Tensor] | str | os.PathLike) -> Mappi
     )
 
 
-def _ordered_keys(sd: Mapping[str, Any]) -> list[str]:
-    """The keys in registration order. A file's order (safetensors writes names sorted within
-    each dtype: "features.10" before "features.2", batch norms' int64 counters apart) is not
-    registration order: such keys are put in natural order instead."""
-    keys = list(sd)
+def _file_order(sd: Mapping[str, Any]) -> bool:
+    """Whether the keys are in a file's order (safetensors writes names sorted within each
+    dtype: "features.10" before "features.2", batch norms' int64 counters apart) rather than
+    registration order."""
     groups: dict[Any, list[str]] = {}
-    for k in keys:
+    for k in sd:
         groups.setdefault(getattr(sd[k], "dtype", None), []).append(k)
-    if all(g == sorted(g) for g in groups.values()):
-        return sorted(keys, key=_natural_key)
-    return keys
+    return all(g == sorted(g) for g in groups.values())
+
+
+def _ordered_keys(sd: Mapping[str, Any]) -> list[str]:
+    """The keys in registration order: a file's order (:func:`_file_order`) is not, so such
+    keys are put in natural order instead."""
+    return sorted(sd, key=_natural_key) if _file_order(sd) else list(sd)

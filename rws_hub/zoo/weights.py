@@ -50,6 +50,8 @@ __all__ = [
     "REPO_ROOT",
     "CIFAR10_VGG16_BN_Weights",
     "CIFAR10_VGG16_Weights",
+    "CIFAR10_RESNET20_Weights",
+    "TINYIMAGENET32_VGG16_BN_Weights",
     "RWSWeights",
     "WeightsSpec",
     "default_weights",
@@ -288,6 +290,15 @@ class CIFAR10_VGG16_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
     """VGG-16 (32x32 variant) trained on CIFAR-10, with its corruption signatures."""
 
     RWS_V1 = WeightsSpec.of(get_entry("cifar10-vgg16"))
+    DEFAULT = RWS_V1
+
+
+@register_weights
+class CIFAR10_RESNET20_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
+    """ResNet-20 (the CIFAR ResNet, batch norm) trained on CIFAR-10, with its corruption
+    signatures."""
+
+    RWS_V1 = WeightsSpec.of(get_entry("cifar10-resnet20"))
     DEFAULT = RWS_V1
 
 

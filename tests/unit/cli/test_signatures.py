@@ -195,3 +195,15 @@ def test_info_on_a_folder_names_the_recommended_k(files, tmp_path: Path, capsys)
     code, text, _ = run(capsys, "info", folder / "model.safetensors", "--layers", 1, "--json")
     data = json.loads(text)
     assert data["architecture"] == "vgg16_cifar" and data["recommended_units"] == k
+
+
+def test_info_on_a_resnet_folder_pairs_each_conv_with_its_norm(tmp_path: Path, capsys) -> None:
+    from rws_hub.io.folder import save_model_folder
+
+    model = create_model("resnet20_cifar", width=0.5)
+    config = {"architecture": "resnet20_cifar", "classes": list("0123456789"), "width": 0.5}
+    folder = save_model_folder(tmp_path / "r20", model=model, config=config, pretrained=model)
+    code, text, _ = run(capsys, "info", folder, "--layers", 10)
+    assert code == 0
+    assert "1. conv1 + bn1:" in text and "layer1.0.conv2 + layer1.0.bn2:" in text
+    assert "layer2.0.downsample.0 + layer2.0.downsample.1:" in text

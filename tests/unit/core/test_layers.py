@@ -176,3 +176,51 @@ def test_plain_safetensors_of_a_bn_network_pairs_like_the_module(tmp_path) -> No
     assert shallow_units(sd, 13) == shallow_units(m, 13)
     assert shallow_units(sd, 2)[1] == Unit("features.3", "features.4")
     assert unit_params(sd, 4) == unit_params(m, 4)
+
+
+def _tv(name: str) -> nn.Module:
+    return torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: create_model("resnet20_cifar"),
+        lambda: create_model("resnet50_cifar", width=0.25),
+        lambda: _tv("resnet18"),
+        lambda: _tv("mobilenet_v3_small"),
+        lambda: _tv("efficientnet_b0"),
+        lambda: _tv("densenet121"),
+    ],
+    ids=[
+        "resnet20_cifar",
+        "resnet50_cifar",
+        "tv.resnet18",
+        "tv.mobilenet_v3_small",
+        "tv.efficientnet_b0",
+        "tv.densenet121",
+    ],  # fmt: skip
+)
+def test_state_dict_units_pair_like_the_traced_module(build, tmp_path) -> None:
+    """A ResNet's file sorts ``bn1`` before ``conv1`` and ``layer1.0.bn2`` before
+    ``layer1.1.conv1``: pairing by adjacency there gave ``conv1 + layer1.0.bn1``. The names pair
+    the units as the forward pass does, from the module's state dict, from this project's files
+    and (but for DenseNet, whose ``conv0``/``norm0`` pairs and ``transition`` order only
+    registration order gives) from safetensors' own sorted order."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    m = build()
+    traced = shallow_units(m, None)
+    assert any(u.norm for u in traced)
+    assert shallow_units(m.state_dict(), None) == traced
+    save_state_dict(m.state_dict(), tmp_path / "ours.safetensors")
+    assert shallow_units(tmp_path / "ours.safetensors", None) == traced
+    save_file(
+        {k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "p.safetensors")
+    )
+    plain = shallow_units(load_file(str(tmp_path / "p.safetensors")), None)
+    if isinstance(m, torchvision.models.DenseNet):  # names order it otherwise too
+        assert sorted(u.conv for u in plain) == sorted(u.conv for u in traced)
+    else:
+        assert plain == traced
