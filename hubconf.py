@@ -34,6 +34,7 @@ def _auto(folder, device):
 # -- one line per zoo entry ------------------------------------------------------------------
 cifar10_vgg16_bn = _weights.entrypoint(_weights.CIFAR10_VGG16_BN_Weights, auto=_auto)
 cifar10_vgg16 = _weights.entrypoint(_weights.CIFAR10_VGG16_Weights, auto=_auto)
+cifar10_resnet20 = _weights.entrypoint(_weights.CIFAR10_RESNET20_Weights, auto=_auto)
 tinyimagenet32_vgg16_bn = _weights.entrypoint(_weights.TINYIMAGENET32_VGG16_BN_Weights, auto=_auto)
 
 # -- generic entrypoints ---------------------------------------------------------------------

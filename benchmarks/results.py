@@ -62,7 +62,7 @@ SECTIONS: dict[str, str] = {
     "layers": "2. Where the change lives: per-layer weight difference",
     "cosine": "3. Discriminative: cosine similarity between signatures",
     "alpha": "4. Adjustable: strength α and exact removal",
-    "depth": "5. How many layers: K = 1…13",
+    "depth": "5. How many layers: K = 1 to all units",
     "compose": "6. Composable: several signatures at once",
     "quant": "7. Lightweight: quantization and storage",
     "transfer": "8. Transferable: signatures on an updated backbone",
@@ -1926,7 +1926,7 @@ def other_entries(out: Path, doc: Path) -> list[str]:
         if (d / "depth.json").exists():
             depth = json.loads((d / "depth.json").read_text())
             lines += [
-                f"**K sweep ({SECTIONS['depth'].split('. ', 1)[1]}).** {render_depth(depth)}",
+                f"**K sweep (K = 1…{depth['ks'][-1]} units).** {render_depth(depth)}",
                 "",
             ]
         if (d / "datasets.json").exists():
