@@ -342,6 +342,7 @@ def _body(config: Mapping[str, Any]) -> str:
             "--choose --install",
             "",
         ]
+    lines += _compute_lines(config.get("compute"))
     recipe = config.get("recipe") or {}
     if recipe:
         lines += ["## Recipe", ""]
@@ -357,6 +358,32 @@ def _body(config: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _compute_lines(compute: Any) -> list[str]:
+    """The card's "Training compute" section from ``config["compute"]`` (measured by the zoo's
+    export from its runs' logs); nothing when absent."""
+    if not isinstance(compute, Mapping) or not any(k.endswith("_minutes") for k in compute):
+        return []
+    device = str(compute.get("device", "cpu"))
+    where = f"{compute['cpus']} CPU cores" if device == "cpu" and compute.get("cpus") else device
+    parts = []
+    for key, label in (("pretrain_minutes", "θ_pre"), ("head_minutes", "the adapt stage")):
+        if _number(compute.get(key)) is not None:
+            parts.append(f"{label} {float(compute[key]):.0f} min")
+    if _number(compute.get("finetune_minutes")) is not None:
+        parts.append(
+            f"the {compute.get('finetune_runs', '')} fine-tunes {float(compute['finetune_minutes']):.0f} "
+            "min summed over runs (run side by side with `--jobs`)"
+        )
+    return [
+        "## Training compute",
+        "",
+        f"Trained on {where}: {'; '.join(parts)}. Measured from the runs' logs "
+        f"({compute.get('method', 'their logged throughput')}); evaluation and the detector "
+        "come on top.",
+        "",
+    ]
 
 
 def model_card(config: Mapping[str, Any]) -> str:

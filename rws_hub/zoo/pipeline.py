@@ -249,6 +249,44 @@ class ZooSpec:
         return " ".join(parts)
 
 
+def _run_minutes(run: Path) -> tuple[float, dict[str, Any]] | None:
+    """A training run's duration in minutes: its steps at its median logged throughput (the
+    median ignores the intervals a paused or shared machine slowed down), and its config."""
+    metrics, config = run / "metrics.jsonl", run / "config.json"
+    if not (metrics.exists() and config.exists()):
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    speeds = sorted(r["images_per_s"] for r in rows if r.get("images_per_s"))
+    if not speeds:
+        return None
+    cfg = json.loads(config.read_text())
+    steps = max(r.get("step", 0) for r in rows)
+    median = speeds[len(speeds) // 2]
+    return steps * cfg["batch_size"] / median / 60.0, cfg
+
+
+def training_compute(work: str | Path) -> dict[str, Any]:
+    """What training this entry took, measured from its runs' logs: the device, θ_pre's minutes
+    (and the adapt stage's, when there is one) and the fine-tunes' minutes summed over runs
+    (with ``--jobs`` > 1 they ran side by side, one thread each, so the wall time is less)."""
+    work = Path(work)
+    out: dict[str, Any] = {"method": "each run's steps at its median logged throughput"}
+    for stage in ("pretrain", "head"):
+        found = _run_minutes(work / stage)
+        if found is not None:
+            out[f"{stage}_minutes"] = round(found[0], 2)
+            out["device"] = found[1].get("device", "cpu")
+    runs = [work / "clean", *sorted((work / "robust").glob("*"))]
+    found_runs = [f for f in (_run_minutes(r) for r in runs) if f is not None]
+    if found_runs:
+        out["finetune_runs"] = len(found_runs)
+        out["finetune_minutes"] = round(sum(f[0] for f in found_runs), 2)
+        out.setdefault("device", found_runs[0][1].get("device", "cpu"))
+    if out.get("device") == "cpu":
+        out["cpus"] = os.cpu_count()  # of the machine that exported (and, normally, trained)
+    return out
+
+
 def _train_quietly(cfg: TrainConfig) -> str:
     torch.set_num_threads(1)
     return str(train(cfg, resume=True, progress=False))
@@ -589,6 +627,7 @@ class ZooBuilder:
                 if f"normalize.{key}" in state:
                     config[key] = [float(v) for v in state[f"normalize.{key}"].reshape(-1)]
         config["metrics"] = self.metrics()
+        config["compute"] = training_compute(self.work)
         config["default_signatures"] = list(self.spec.corruptions)
         path = save_model_folder(
             self.spec.export,

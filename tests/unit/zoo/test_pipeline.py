@@ -47,6 +47,12 @@ def test_tiny_zoo_builds_and_loads(tiny_cifar: Path, tmp_path: Path) -> None:
     sig = folder.signatures["gaussian_noise"]
     assert sig.layers == 7 and len(sig.tensors) == 14  # weight + bias of 7 conv layers
     assert sig.quantization and sig.quantization["bits"] == 8
+    # the training it took, measured from the runs' logs, is in the config and the card
+    compute = folder.config["compute"]
+    assert compute["device"] == "cpu" and compute["finetune_runs"] == 3
+    assert compute["pretrain_minutes"] >= 0 and compute["finetune_minutes"] >= 0
+    card = (Path(spec.export) / "README.md").read_text()
+    assert "## Training compute" in card and "the 3 fine-tunes" in card
     # a second run finds every step done and changes nothing
     manifest = (Path(spec.export) / "manifest.json").read_text()
     ZooBuilder(spec, progress=False).run(("pretrain", "clean", "robust", "extract", "evaluate"))
@@ -325,3 +331,27 @@ def test_a_resnet_entry_builds_end_to_end(tiny_cifar: Path, tmp_path: Path) -> N
     assert "detector" not in ModelFolder.load(spec.export).config
     with pytest.raises(ValueError, match="another backbone"):
         ZooBuilder(spec, progress=False).run(("detector",))
+
+
+def test_training_compute_reads_the_median_throughput(tmp_path: Path) -> None:
+    """A paused interval (one slow log line) does not inflate the measured minutes."""
+    from rws_hub.io.card import model_card
+    from rws_hub.zoo.pipeline import training_compute
+
+    def run(folder: Path, speeds: list[float], device: str = "cpu") -> None:
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"batch_size": 100, "device": device}))
+        rows = [{"step": 10 * (i + 1), "images_per_s": v} for i, v in enumerate(speeds)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    run(tmp_path / "pretrain", [100.0, 100.0, 1.0, 100.0, 100.0])  # 50 steps x 100 images
+    run(tmp_path / "clean", [50.0])
+    run(tmp_path / "robust" / "fog", [50.0, 50.0])
+    c = training_compute(tmp_path)
+    assert c["pretrain_minutes"] == round(50 * 100 / 100 / 60, 2)
+    assert c["finetune_runs"] == 2
+    assert c["finetune_minutes"] == round((10 * 100 / 50 + 20 * 100 / 50) / 60, 2)
+    card = model_card({"name": "x", "architecture": "vgg16_cifar", "classes": ["a"], "compute": c})
+    assert "## Training compute" in card and "the 2 fine-tunes" in card
+    assert training_compute(tmp_path / "nothing") == {"method": c["method"]}
+    assert "## Training compute" not in model_card({"name": "x", "architecture": "a"})
