@@ -15,13 +15,17 @@ fine-tuning differs::
         --recipe "corrupted only=runs/zoo/recipe-corrupted-only/eval.json"
 
 Writes ``docs/results/recipe.json`` and ``recipe.png`` and the section ``## Fine-tuning recipe``
-of ``docs/results.md`` (kept when ``benchmarks/results.py`` regenerates the report).
+of ``docs/results.md`` (kept when ``benchmarks/results.py`` regenerates the report). Another
+entry's comparison goes to its own report (``--out docs/results/<entry> --doc
+docs/results/<entry>/README.md``), with its signatures described (``--signatures``) and the
+targets its issue sets (``--ta-within``, ``--gain-share``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 from statistics import mean
@@ -56,13 +60,14 @@ def summarise(eval_json: dict[str, Any], severity: str) -> dict[str, Any]:
     }
 
 
-def trade_off(r: dict[str, Any]) -> tuple[int, float]:
-    """Sort key: how many of the two targets a recipe meets, then patched TA + RA."""
-    met = int(r["patched_ta_drop"] <= 5) + int((r["gain_share"] or 0) >= 0.8)
+def trade_off(r: dict[str, Any], ta_within: float = 5.0, share: float = 0.8) -> tuple[int, float]:
+    """Sort key: how many of the two targets a recipe meets (patched TA within ``ta_within``
+    points of the backbone, gain share at least ``share``), then patched TA + RA."""
+    met = int(r["patched_ta_drop"] <= ta_within) + int((r["gain_share"] or 0) >= share)
     return met, r["mean"]["patched_ta"] + r["mean"]["patched_ra"]
 
 
-def plot(results: dict[str, dict[str, Any]], png: Path) -> None:
+def plot(results: dict[str, dict[str, Any]], png: Path, signatures: str) -> None:
     names = list(next(iter(results.values()))["corruptions"])
     fig, axes = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True)
     width = 0.8 / len(results)
@@ -86,13 +91,21 @@ def plot(results: dict[str, dict[str, Any]], png: Path) -> None:
     axes[0].legend(fontsize=8, ncol=3, loc="upper center")
     axes[1].set_ylim(min(50, *[r["mean"]["patched_ta"] - 10 for r in results.values()]), 92)
     axes[1].legend(fontsize=8, ncol=3, loc="upper center")
-    fig.suptitle("Backbone + own signature (int8, K = 7), severity 5, by fine-tuning recipe")
+    fig.suptitle(f"Backbone + own signature ({signatures}), severity 5, by fine-tuning recipe")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
 
-def section(results: dict[str, dict[str, Any]], command: str) -> str:
+def section(
+    results: dict[str, dict[str, Any]],
+    command: str,
+    *,
+    png: str = "results/recipe.png",
+    signatures: str = "int8 with K = 7",
+    ta_within: float = 5.0,
+    share: float = 0.8,
+) -> str:
     n = next(iter(results.values()))["test_images"]
     lines = [
         HEADING,
@@ -103,7 +116,7 @@ def section(results: dict[str, dict[str, Any]], command: str) -> str:
         "",
         f"**Measured.** Same θ_pre and θ_std, same fine-tuning length and learning rate; only the "
         f"share of corrupted images in each fine-tuning batch differs. Means over the 19 "
-        f"corruptions at severity 5, {n} test images, signatures int8 with K = 7, α = 1. "
+        f"corruptions at severity 5, {n} test images, signatures {signatures}, α = 1. "
         "*Gain share* = (patched RA − backbone RA) / (dedicated RA − backbone RA).",
         "",
         "| recipe | backbone TA | patched TA | dedicated TA | backbone RA | patched RA "
@@ -117,10 +130,10 @@ def section(results: dict[str, dict[str, Any]], command: str) -> str:
             f"| {m['backbone_ra']:.1f} | {m['patched_ra']:.1f} | {m['robust_ra']:.1f} "
             f"| {100 * r['gain_share']:.0f}% |"
         )
-    best = max(results, key=lambda k: trade_off(results[k]))
+    best = max(results, key=lambda k: trade_off(results[k], ta_within, share))
     lines += [
         "",
-        "![recipes](results/recipe.png)",
+        f"![recipes]({png})",
         "",
         "**Per corruption** (patched TA / patched RA, %):",
         "",
@@ -141,8 +154,8 @@ def section(results: dict[str, dict[str, Any]], command: str) -> str:
     lines += [
         "",
         f"**Outcome.** {drops}. Better trade-off (meets more of the targets — patched TA within "
-        f"5 points of the backbone on average, gain share ≥ 80% — then the higher patched TA + "
-        f"RA): **{best}**.",
+        f"{ta_within:g} points of the backbone on average, gain share ≥ {100 * share:.0f}% — then "
+        f"the higher patched TA + RA): **{best}**.",
         "",
         f"Rebuild: `{command}`",
     ]
@@ -166,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--severity", default="5")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--doc", default="docs/results.md")
+    p.add_argument("--signatures", default="int8 with K = 7", help="what the signatures are")
+    p.add_argument("--ta-within", type=float, default=5.0, help="target: patched TA drop")
+    p.add_argument("--gain-share", type=float, default=0.8, help="target: gain share")
     args = p.parse_args(argv)
     results = {}
     for item in args.recipe:
@@ -177,11 +193,27 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "recipe.png")
+    plot(results, out / "recipe.png", args.signatures)
+    extra = [
+        f'--{k.replace("_", "-")} "{v}"'
+        for k, v in vars(args).items()
+        if k not in ("recipe",) and v != p.get_default(k)
+    ]
     command = "python benchmarks/compare_recipes.py " + " ".join(
-        f'--recipe "{r}"' for r in args.recipe
+        [*(f'--recipe "{r}"' for r in args.recipe), *extra]
     )
-    replace_section(Path(args.doc), section(results, command))
+    png = os.path.relpath(out / "recipe.png", Path(args.doc).parent).replace(os.sep, "/")
+    replace_section(
+        Path(args.doc),
+        section(
+            results,
+            command,
+            png=png,
+            signatures=args.signatures,
+            ta_within=args.ta_within,
+            share=args.gain_share,
+        ),
+    )
     for label, r in results.items():
         print(
             f"{label}: patched TA {r['mean']['patched_ta']:.2f} (drop {r['patched_ta_drop']:.2f})"
