@@ -159,8 +159,8 @@ def _coverage(args: argparse.Namespace) -> int:
     path = Path(args.file)
     weights = path / "model.safetensors" if path.is_dir() else path
     sd = load_state_dict(weights)
-    architecture, recommended = _recommended(path)
-    units = shallow_units(_traceable(architecture, path, sd) or sd, None)
+    architecture, recommended, model = _folder_model(path, sd)
+    units = shallow_units(model if model is not None else sd, None)
     k = args.layers if args.layers is not None else len(units)
     if not 1 <= k <= len(units):
         raise ValueError(f"--layers must be 1..{len(units)} for this model, got {k}")
@@ -203,37 +203,25 @@ def _coverage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _traceable(architecture: str | None, path: Path, sd: dict[str, Any]) -> Any:
-    """The folder's model built from its config with ``sd`` loaded, so its units are traced
-    in forward order; None when there is no config or it does not build."""
-    from rws_hub.archs import model_from_config
-
-    if architecture is None:
-        return None
-    folder = path if path.is_dir() else path.parent
-    try:
-        model = model_from_config(json.loads((folder / "config.json").read_text()))
-        model.load_state_dict(sd)
-    except (ValueError, RuntimeError, KeyError):
-        return None  # the names' pairing (shallow_units on the state dict) still answers
-    return model
-
-
-def _recommended(path: Path) -> tuple[str | None, int | None]:
-    """A model folder's architecture (from its ``config.json``; ``path`` is the folder or its
-    ``model.safetensors``) and that architecture's recommended K; (None, None) without one."""
-    from rws_hub.archs import recommended_units
+def _folder_model(path: Path, sd: dict[str, Any]) -> tuple[str | None, int | None, Any]:
+    """For a model folder (``path`` is the folder or its ``model.safetensors``): its
+    architecture, that architecture's recommended K, and its model built from the config with
+    ``sd`` loaded, so the units are traced in forward order (None when it does not build: the
+    names' pairing on the state dict still answers). (None, None, None) without a config."""
+    from rws_hub.archs import model_from_config, recommended_units
+    from rws_hub.io.folder import ModelFolder
 
     folder = path if path.is_dir() else path.parent if path.name == "model.safetensors" else None
-    if folder is None:
-        return None, None
-    config = folder / "config.json"
-    if not config.is_file():
-        return None, None
-    architecture = json.loads(config.read_text()).get("architecture")
-    if not isinstance(architecture, str):
-        return None, None
-    return architecture, recommended_units(architecture)
+    if folder is None or not (folder / "config.json").is_file():
+        return None, None, None
+    config = ModelFolder.read_config(folder)
+    architecture = config["architecture"]
+    try:
+        model = model_from_config(config)
+        model.load_state_dict(sd)
+    except (ValueError, RuntimeError, KeyError):
+        model = None
+    return architecture, recommended_units(architecture), model
 
 
 def _info(args: argparse.Namespace) -> int:
