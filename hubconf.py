@@ -1,9 +1,9 @@
 """torch.hub entrypoints of rws-hub: a clean backbone plus its Robust Weight Signatures.
 
-    model = torch.hub.load("<owner>/rws-hub", "cifar10_vgg16_bn", signatures="all")
-    model = torch.hub.load("/path/to/clone", "cifar10_vgg16_bn", source="local",
+    model = torch.hub.load("<owner>/rws-hub", "cifar10_resnet20", signatures="all")
+    model = torch.hub.load("/path/to/clone", "cifar10_resnet20", source="local",
                            patch={"fog": 1.0})
-    model = torch.hub.load("/path/to/clone", "cifar10_vgg16_bn", source="local", patch="auto")
+    model = torch.hub.load("/path/to/clone", "cifar10_resnet20", source="local", patch="auto")
     sig = torch.hub.load("/path/to/clone", "signature", "gaussian_noise", source="local")
 
 One entrypoint per zoo entry, generated from its weights enum in ``rws_hub.zoo.weights``
@@ -32,9 +32,9 @@ def _auto(folder, device):
 
 
 # -- one line per zoo entry ------------------------------------------------------------------
+cifar10_resnet20 = _weights.entrypoint(_weights.CIFAR10_RESNET20_Weights, auto=_auto)
 cifar10_vgg16_bn = _weights.entrypoint(_weights.CIFAR10_VGG16_BN_Weights, auto=_auto)
 cifar10_vgg16 = _weights.entrypoint(_weights.CIFAR10_VGG16_Weights, auto=_auto)
-cifar10_resnet20 = _weights.entrypoint(_weights.CIFAR10_RESNET20_Weights, auto=_auto)
 tinyimagenet32_vgg16_bn = _weights.entrypoint(_weights.TINYIMAGENET32_VGG16_BN_Weights, auto=_auto)
 
 # -- generic entrypoints ---------------------------------------------------------------------

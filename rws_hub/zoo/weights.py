@@ -48,9 +48,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 __all__ = [
     "FOLDER_ENV",
     "REPO_ROOT",
+    "CIFAR10_RESNET20_Weights",
     "CIFAR10_VGG16_BN_Weights",
     "CIFAR10_VGG16_Weights",
-    "CIFAR10_RESNET20_Weights",
     "TINYIMAGENET32_VGG16_BN_Weights",
     "RWSWeights",
     "WeightsSpec",
@@ -277,9 +277,18 @@ def default_weights() -> RWSWeights:
 
 
 @register_weights
+class CIFAR10_RESNET20_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
+    """ResNet-20 (the CIFAR ResNet, batch norm) trained on CIFAR-10, with its corruption
+    signatures: the embedded default."""
+
+    RWS_V1 = WeightsSpec.of(get_entry("cifar10-resnet20"))
+    DEFAULT = RWS_V1
+
+
+@register_weights
 class CIFAR10_VGG16_BN_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
     """VGG-16 with batch norm (32x32 variant) trained on CIFAR-10, with its corruption
-    signatures: the embedded default."""
+    signatures."""
 
     RWS_V1 = WeightsSpec.of(get_entry("cifar10-vgg16-bn"))
     DEFAULT = RWS_V1
@@ -290,15 +299,6 @@ class CIFAR10_VGG16_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
     """VGG-16 (32x32 variant) trained on CIFAR-10, with its corruption signatures."""
 
     RWS_V1 = WeightsSpec.of(get_entry("cifar10-vgg16"))
-    DEFAULT = RWS_V1
-
-
-@register_weights
-class CIFAR10_RESNET20_Weights(RWSWeights):  # noqa: N801 (torchvision naming)
-    """ResNet-20 (the CIFAR ResNet, batch norm) trained on CIFAR-10, with its corruption
-    signatures."""
-
-    RWS_V1 = WeightsSpec.of(get_entry("cifar10-resnet20"))
     DEFAULT = RWS_V1
 
 
