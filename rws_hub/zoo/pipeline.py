@@ -229,12 +229,11 @@ class ZooSpec:
         }
 
     def rebuild_command(self) -> str:
-        """The ``rws zoo build`` command that rebuilds this entry: ``--name`` and the options
-        that differ from that entry's recipe (:meth:`for_entry`)."""
+        """The ``rws zoo build`` command that rebuilds this entry: ``--name`` (always, so that
+        the command stays right when the default entry changes) and the options that differ
+        from that entry's recipe (:meth:`for_entry`)."""
         default = ZooSpec.for_entry(self.name)
-        parts = ["rws zoo build"]
-        if self.name != DEFAULT_ENTRY.name:
-            parts.append(f"--name {self.name}")
+        parts = ["rws zoo build", f"--name {self.name}"]
         for f in fields(self):
             if f.name == "name":
                 continue

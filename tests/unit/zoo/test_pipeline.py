@@ -153,7 +153,8 @@ def test_entry_recipes_and_rebuild_commands(monkeypatch: pytest.MonkeyPatch) -> 
     )
     default = ZooSpec.for_entry()
     assert default.name == pipeline.DEFAULT_ENTRY.name
-    assert default.rebuild_command() == "rws zoo build"
+    # the command names the entry even when it is the default (defaults change; cards stay)
+    assert default.rebuild_command() == f"rws zoo build --name {pipeline.DEFAULT_ENTRY.name}"
     plain = ZooSpec.for_entry("mine", width=0.125)
     assert plain.architecture == ZooSpec().architecture and plain.width == 0.125
     assert (plain.work, plain.export) == ("runs/zoo/mine", "model-store/mine")
