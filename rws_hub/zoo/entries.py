@@ -109,8 +109,8 @@ CIFAR10_RESNET20 = ZooEntry(
     width=1.0,
     dataset="cifar10",
     repo_id="rws-hub/cifar10-resnet20",
-    summary="ResNet-20 (the CIFAR ResNet, batch norm, 0.27 M parameters) trained on CIFAR-10, "
-    "with its corruption signatures",
+    summary="ResNet-20 (the CIFAR ResNet with batch norm) trained on CIFAR-10, with its corruption "
+    "signatures",
     env=FOLDER_ENV,
     recipe={
         "pretrain_epochs": 40,
