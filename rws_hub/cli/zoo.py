@@ -12,7 +12,8 @@ EPILOG = f"""The embedded default {DEFAULT_ENTRY.folder} is rebuilt with:
   rws zoo build --jobs 2
 Another registered entry ({", ".join(e for e in ENTRIES if e != DEFAULT_ENTRY.name) or "none"}) with its recipe:
   rws zoo build --name ENTRY
-Any option overrides the entry's recipe; an unregistered --name starts from the defaults shown.
+Any option overrides the entry's recipe; an unregistered --name starts from the base values
+shown in parentheses (where they differ from the default entry's recipe).
 Each step is skipped when its output exists and resumes from its checkpoint when killed; run
 the same command again to continue. Run only some steps with --steps, e.g.
   rws zoo build --steps extract,evaluate,export
@@ -33,6 +34,11 @@ def _parse_value(name: str, raw: str):
     if "int" in kind:
         return int(raw)
     return raw
+
+
+def _shown(value: object) -> object:
+    """An option's value as ``--help`` shows it (lists comma-joined)."""
+    return ",".join(value) if isinstance(value, list) else value
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -58,11 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d = ZooSpec()
+    entry, base = ZooSpec.for_entry(), ZooSpec()
     b.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
     for f in fields(ZooSpec):
-        default = getattr(d, f.name)
-        shown = ",".join(default) if isinstance(default, list) else default
-        b.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f"default: {shown}")
+        value, plain = _shown(getattr(entry, f.name)), _shown(getattr(base, f.name))
+        text = f"default: {value}"
+        if value != plain and f.name not in ("name", "work", "export"):
+            text += f" (the default entry's recipe; an unregistered --name: {plain})"
+        b.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=text)
     b.set_defaults(func=_build)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
