@@ -7,8 +7,11 @@ import re
 from statistics import mean
 
 import pytest
+import torch
 from helpers.hub import REPO_ROOT
 
+import rws_hub
+from rws_hub.io.folder import ModelFolder
 from rws_hub.zoo.entries import DEFAULT_ENTRY
 
 FOLDER = REPO_ROOT / DEFAULT_ENTRY.folder
@@ -50,18 +53,12 @@ def _python_block(heading: str) -> str:
 def test_readme_python_tour_runs(tmp_path, monkeypatch) -> None:
     """The quick tour's Python block runs as written on the embedded default (in a scratch
     directory that sees ``model-store/``), its last line on θ_pre, θ_std and a robust stand-in."""
-    import torch
-
-    import rws_hub
-
     code = _python_block("### Python: patch robustness in")
     assert DEFAULT_ENTRY.folder in code
     (tmp_path / "model-store").symlink_to(REPO_ROOT / "model-store")
     monkeypatch.chdir(tmp_path)
     pretrained = FOLDER / "pretrained.safetensors"
     clean = FOLDER / "model.safetensors"
-    from rws_hub.io.folder import ModelFolder
-
     model = ModelFolder.load(FOLDER).model
     with rws_hub.patch(model, {"fog": 1.0}):  # θ_std + fog: a model whose change is known
         robust = {k: v.clone() for k, v in model.state_dict().items()}

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+import pytest
 
-from rws_hub.cli.zoo import register
+from rws_hub.cli import build_parser
 from rws_hub.zoo.pipeline import ZooSpec
 
 
-def _help() -> str:
-    parser = argparse.ArgumentParser(prog="rws")
-    register(parser.add_subparsers())
-    zoo = parser._subparsers._group_actions[0].choices["zoo"]  # noqa: SLF001
-    build = zoo._subparsers._group_actions[0].choices["build"]  # noqa: SLF001
-    return " ".join(build.format_help().split())
+def _help(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["zoo", "build", "--help"])
+    return " ".join(capsys.readouterr().out.split())
 
 
-def test_help_shows_the_default_entrys_recipe_and_the_base_values() -> None:
-    text = _help()
+def test_help_shows_the_default_entrys_recipe_and_the_base_values(capsys) -> None:
+    text = _help(capsys)
     entry, base = ZooSpec.for_entry(), ZooSpec()
     assert f"--name NAME default: {entry.name}" in text
     assert f"--layers LAYERS default: {entry.layers}" in text
