@@ -491,7 +491,9 @@ def markdown(results: dict[str, Any], figs: list[str]) -> str:
         "",
         f"**Machine**: {env['machine']}. A small shared machine, so absolute numbers are noisy "
         "and low; every variant ran in the same rounds, interleaved in a rotating order, so the "
-        "**ratios** are the meaningful figures.",
+        "**ratios** are the meaningful figures. The engine in process is measured here; what "
+        "the REST path adds on top (the gateway in front of TorchServe) is in "
+        "[performance-rest.md](performance-rest.md).",
         "",
         "## Side by side (one run)",
         "",

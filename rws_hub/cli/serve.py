@@ -79,6 +79,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-auth", action="store_true", help="turn token authorization off")
     p.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="bind TorchServe to --port itself, without the gateway in front (the gateway "
+        "answers form bodies, which TorchServe's frontend turns into a 500, with a 415)",
+    )
+    p.add_argument(
         "--key-expiry-min",
         type=float,
         default=None,
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             max_batch_delay=args.max_batch_delay,
             workers=args.workers,
             auth=not args.no_auth,
+            gateway=not args.no_gateway,
             envelope="kservev2" if args.kservev2 else None,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
             settings=settings,

@@ -155,6 +155,10 @@ class ServeOptions:
     ``{"max_alpha": 4.0, "dtype": "bfloat16", "cache_mb": 64, "threads": 1}``.
     ``envelope="kservev2"`` switches the wire format to KServe v2 (TorchServe's envelope
     handles one request per call, so the batch size is forced to 1 there).
+    With ``gateway`` on (the default), clients talk to :mod:`rws_hub.launch.gateway` on
+    ``host:port`` and TorchServe's inference API listens on ``127.0.0.1:backend_port`` (a free
+    port chosen at start): the gateway answers form bodies, which TorchServe's frontend would
+    turn into a 500, with a 415. ``gateway=False`` binds TorchServe to ``host:port`` itself.
     """
 
     folder: Path = DEFAULT_FOLDER
@@ -173,6 +177,8 @@ class ServeOptions:
     max_body_bytes: int = 10 * 1024 * 1024
     response_timeout: int = 120
     key_expiry_min: float = DEFAULT_KEY_EXPIRY_MIN
+    gateway: bool = True
+    backend_port: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     handler: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -200,6 +206,16 @@ class ServeOptions:
     @property
     def inference_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def backend_url(self) -> str:
+        """Where TorchServe's inference API listens: a private loopback port behind the
+        gateway, else :attr:`inference_url`."""
+        if not self.gateway:
+            return self.inference_url
+        if self.backend_port is None:
+            self.backend_port = free_ports(1)[0]
+        return f"http://127.0.0.1:{self.backend_port}"
 
     @property
     def management_url(self) -> str:
@@ -327,7 +343,7 @@ def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
     }
     request_limit = response_limit(opts)
     props = {
-        "inference_address": opts.inference_url,
+        "inference_address": opts.backend_url,
         "management_address": opts.management_url,
         "metrics_address": opts.metrics_url,
         # TorchServe always starts its gRPC servers: keep them on loopback, on known ports
@@ -429,6 +445,8 @@ class Server:
     opts: ServeOptions
     launcher_pid: int
     process: subprocess.Popen[bytes] | None = None
+    gateway_pid: int | None = None
+    gateway_process: subprocess.Popen[bytes] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -525,11 +543,18 @@ class Server:
             return None
 
     def alive(self) -> bool:
-        """Whether the launcher (the leader of the server's process group) still runs."""
-        return self._managed().alive()
+        """Whether the launcher (the leader of the server's process group) and the gateway
+        (when there is one) still run."""
+        gateway = self._gateway()
+        return self._managed().alive() and (gateway is None or gateway.alive())
 
     def _managed(self) -> Managed:
         return Managed(pid=self.launcher_pid, process=self.process)
+
+    def _gateway(self) -> Managed | None:
+        if self.gateway_pid is None:
+            return None
+        return Managed(pid=self.gateway_pid, process=self.gateway_process)
 
     def status(self) -> str | None:
         """The model's worker status (``READY``, ...) from the management API, or None."""
@@ -551,8 +576,13 @@ class Server:
         """Block until ``/ping`` is healthy and every worker is READY."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.alive():
+            if not self._managed().alive():
                 raise ServeError(f"torchserve exited; see {self.run_dir / 'logs'}\n{self.tail()}")
+            if not self.alive():
+                raise ServeError(
+                    f"the gateway on port {self.opts.port} exited; see "
+                    f"{self.run_dir / 'gateway.out'}\n{self.tail()}"
+                )
             key = self._fresh_key("inference")
             if not self.opts.auth or key:
                 try:
@@ -567,7 +597,7 @@ class Server:
     def tail(self, lines: int = 30) -> str:
         """The last lines of the server's console and model logs (for error messages)."""
         out = []
-        for name in ("torchserve.out", "logs/ts_log.log", "logs/model_log.log"):
+        for name in ("gateway.out", "torchserve.out", "logs/ts_log.log", "logs/model_log.log"):
             path = self.run_dir / name
             if path.is_file():
                 out.append(f"--- {name}\n" + tail(path, lines))
@@ -576,7 +606,11 @@ class Server:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server: SIGTERM to the frontend (it stops its workers; to the whole group
         when its pid file is gone), then SIGKILL to whatever is left in the process group we
-        created (launcher, frontend, workers)."""
+        created (launcher, frontend, workers). The gateway goes first (SIGTERM to its own
+        group), so no request arrives while TorchServe shuts down."""
+        gateway = self._gateway()
+        if gateway is not None:
+            gateway.stop(min(timeout, 10.0))
         self._managed().stop(timeout, term_pid=self.java_pid())
         remove_record(self.run_dir / STATE_FILE)
         (self.run_dir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
@@ -588,7 +622,12 @@ class Server:
         if state is None:
             return None
         opts = ServeOptions(**state["options"])
-        return cls(opts=opts, launcher_pid=int(state["launcher_pid"]))
+        gateway = state.get("gateway_pid")
+        return cls(
+            opts=opts,
+            launcher_pid=int(state["launcher_pid"]),
+            gateway_pid=int(gateway) if gateway is not None else None,
+        )
 
 
 class KeyKeeper:
@@ -690,8 +729,12 @@ def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> S
         cmd.append("--disable-token-auth")
     launched = spawn(cmd, cwd=run_dir, env=env, log=run_dir / "torchserve.out")
     server = Server(opts=opts, launcher_pid=launched.pid, process=launched.process)
+    if opts.gateway:
+        gateway = _spawn_gateway(opts, run_dir, env)
+        server.gateway_pid, server.gateway_process = gateway.pid, gateway.process
     state = {
         "launcher_pid": launched.pid,
+        "gateway_pid": server.gateway_pid,
         "options": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in opts.__dict__.items()
@@ -706,6 +749,20 @@ def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> S
             server.stop()
             raise
     return server
+
+
+def _spawn_gateway(opts: ServeOptions, run_dir: Path, env: dict[str, str]) -> Managed:
+    """Start the gateway (``rws_hub/launch/gateway.py``, run as a script: it imports no
+    ``rws_hub`` and no torch) on ``host:port``, forwarding to TorchServe's private port."""
+    cmd = [
+        sys.executable, str(package_dir() / "launch" / "gateway.py"),
+        "--host", opts.host,
+        "--port", str(opts.port),
+        "--upstream", opts.backend_url,
+        "--max-body-bytes", str(response_limit(opts)),
+        "--timeout", str(opts.response_timeout + 10),
+    ]  # fmt: skip
+    return spawn(cmd, cwd=run_dir, env=env, log=run_dir / "gateway.out")
 
 
 def stop(run_dir: str | Path, timeout: float = 30.0) -> bool:

@@ -136,8 +136,8 @@ class Case:
     ``status``: what must come back; None means: what the in-process parser and engine answer
     (200 with the same answer, or the same 4xx). ``match``: a substring (case-insensitive) of
     the JSON error text. ``auth``: None (the session's inference key), ``"none"`` (no
-    Authorization header) or a full Authorization header value. ``frontend``: refused by
-    TorchServe's frontend before any handler (no batch to share).
+    Authorization header) or a full Authorization header value. ``frontend``: refused before
+    any handler, by the gateway or TorchServe's frontend (no batch to share).
     """
 
     name: str
@@ -478,24 +478,24 @@ def cases(keys: dict[str, str]) -> list[Case]:  # noqa: PLR0915 - a catalogue
     hd(
         "X-RWS-Signatures with a 5 MB name",
         {"X-RWS-Signatures": "x" * (5 << 20)},
-        400,
-        "",
+        431,  # the gateway: over TorchServe's 8 KiB of headers
+        "headers",
         data=GOOD,
         frontend=True,
     )
-    hd("100 KB junk header", {"X-Junk": "j" * 100_000}, 400, "", frontend=True)
+    hd("100 KB junk header", {"X-Junk": "j" * 100_000}, 431, "headers", frontend=True)
     hd(
         "300 small headers (9 KB)",
         {f"X-H{i}": "v" * 20 for i in range(300)},
-        400,
-        "invalid http",
+        431,  # the gateway: over TorchServe's 8 KiB of headers
+        "headers",
         frontend=True,
     )
     hd("X-RWS-Signatures non-ASCII", {"X-RWS-Signatures": "f\u00f8g:1"}, 400, "unknown", data=GOOD)
 
     # -- auth -------------------------------------------------------------------------------------
-    def au(name: str, auth: str, match: str = "token"):
-        out.append(Case(name, "auth", "json", _with(), 400, match, auth=auth, frontend=True))
+    def au(name: str, auth: str, match: str = "token", status: int = 400):
+        out.append(Case(name, "auth", "json", _with(), status, match, auth=auth, frontend=True))
 
     au("no key", "none")
     au("wrong key", "Bearer wrong-key")
@@ -503,7 +503,7 @@ def cases(keys: dict[str, str]) -> list[Case]:  # noqa: PLR0915 - a catalogue
     au("API key on inference", f"Bearer {keys['API']}")
     au("empty bearer", "Bearer ")
     au("basic auth", "Basic dXNlcjpwYXNz")
-    au("10 KB bearer", "Bearer " + "k" * 10_000, "invalid http")  # over Netty's header limit
+    au("10 KB bearer", "Bearer " + "k" * 10_000, "headers", 431)  # over TorchServe's limit
     au("inference key with a trailing word", f"Bearer {keys['inference']} extra")
     return out
 

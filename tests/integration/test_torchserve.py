@@ -216,14 +216,20 @@ def test_describe_lists_signatures(server):
 
 
 def test_kservev2_envelope_via_cli(folder, engine, tmp_path):
+    """The KServe v2 envelope, started by the CLI without the gateway (TorchServe on the
+    public port, as KServe runs the archive)."""
     port, mport, xport, gport = free_ports(4)
     run_dir = tmp_path / "kserve"
     argv = ["serve", str(folder), "--run-dir", str(run_dir), "--name", "tiny2", "--kservev2"]
     argv += ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(xport)]
-    argv += ["--grpc-port", str(gport), "--resident", "codes"]
+    argv += ["--grpc-port", str(gport), "--resident", "codes", "--no-gateway"]
     assert rws_main(argv + ["--timeout", "180"]) == 0
     srv = serving.Server.attach(run_dir)
     assert srv is not None
+    # without the gateway (as under KServe) TorchServe itself listens on the public port
+    assert srv.gateway_pid is None and srv.opts.gateway is False
+    props = (run_dir / "config.properties").read_text()
+    assert f"inference_address=http://127.0.0.1:{port}\n" in props
     java = srv.java_pid()
     try:
         data = [png(50), png(51)]

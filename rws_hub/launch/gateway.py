@@ -1,0 +1,316 @@
+"""The HTTP gateway in front of TorchServe's inference API (``rws serve``, ``rws up``).
+
+TorchServe's frontend decodes ``application/x-www-form-urlencoded`` and ``multipart/*`` bodies
+itself, with Netty's form decoder, before any handler runs. A body it cannot decode (a ``%``
+not followed by two hex digits, a broken multipart boundary) ends in a bare 500. That is what
+``curl --data-binary @x.png`` without ``-H "Content-Type: image/png"`` sends for most PNGs: a
+user mistake that must get a 4xx naming the fix. Nothing in TorchServe's configuration turns
+that decoder off, and a frontend plugin cannot take over ``/predictions``.
+
+So ``rws serve`` binds TorchServe's inference API to a private loopback port and puts this
+gateway on the public one. The gateway:
+
+* answers form and multipart bodies itself with a 415 and a JSON message naming the right
+  ``Content-Type`` (the handler speaks JSON and raw image bytes only);
+* answers header blocks over 7 KiB with a 431 (TorchServe's frontend allows 8 KiB) and
+  malformed requests with a 400, both in JSON like every other error here;
+* answers bodies over the server's size limit with a 413 without reading them whole (the
+  ``Content-Length`` is checked first; chunked bodies are counted as they arrive);
+* forwards everything else unchanged (method, path, query, headers such as
+  ``Authorization`` and ``X-RWS-*``, body) and passes the answer back byte for byte, status
+  and headers included, so clients see TorchServe's API as it is;
+* answers 502 (JSON) while TorchServe cannot be reached and 504 when it does not answer in time.
+
+It is an aiohttp server forwarding with one pooled aiohttp client session (both parse HTTP in
+C: about 1 ms of CPU per request), so concurrent requests reach TorchServe concurrently and are
+still batched there. It imports nothing from ``rws_hub`` (no torch in this process): run it as a
+script, ``python <this file> --port 8080 --upstream http://127.0.0.1:PORT``, which is what
+:func:`rws_hub.launch.torchserve.start` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "FORM_TYPES",
+    "HOP_BY_HOP",
+    "MAX_HEADER_BYTES",
+    "Gateway",
+    "main",
+    "media_type",
+    "serve",
+]
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/")
+"""Media types (``multipart/`` as a prefix) that TorchServe's frontend would decode itself."""
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Headers that belong to one connection (RFC 9110, 7.6.1) and are never forwarded."""
+
+
+MAX_HEADER_BYTES = 7 * 1024
+"""The largest header block forwarded (names, values and line framing, in bytes). TorchServe's
+frontend (Netty) refuses more than 8 KiB of headers, and a refusal while the gateway is still
+sending can reach it as a broken connection: a header block over this limit gets a 431 here."""
+
+MAX_HEADER_LINE_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 1000
+"""A header line or header count over these is refused by the HTTP parser itself (also with a
+431), before the gateway sees the request."""
+
+
+def media_type(value: bytes | str | None) -> str:
+    """The media type of a ``Content-Type`` value, lower case, without parameters."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def _is_form(ctype: str) -> bool:
+    return ctype == FORM_TYPES[0] or ctype.startswith(FORM_TYPES[1])
+
+
+def _form_message(ctype: str) -> str:
+    if ctype.startswith("multipart/"):
+        how = f"as {ctype[:40]} (a form upload)"
+    else:
+        how = (
+            "as a form (Content-Type: application/x-www-form-urlencoded, what curl "
+            "--data-binary sends unless told otherwise)"
+        )
+    return (
+        f"the body was sent {how}; send a raw image with Content-Type: image/png (or "
+        "image/jpeg, ...) or a JSON request with Content-Type: application/json"
+    )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Gateway:
+    """The gateway's request handler, forwarding to ``upstream`` (``http://127.0.0.1:PORT``).
+
+    Args:
+        upstream: TorchServe's inference address.
+        max_body_bytes: the largest request body forwarded (TorchServe's ``max_request_size``).
+        timeout_s: how long an answer may take (TorchServe's response timeout plus a margin).
+        max_connections: upstream connections kept at most (requests beyond wait for one).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        max_body_bytes: int,
+        timeout_s: float = 130.0,
+        max_connections: int = 256,
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.max_body_bytes = int(max_body_bytes)
+        self.timeout_s = float(timeout_s)
+        self.max_connections = int(max_connections)
+        self._session: Any = None
+
+    async def open(self) -> None:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=5.0),
+                auto_decompress=False,  # bytes pass through as TorchServe sent them
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                trust_env=False,  # never route loopback traffic through an HTTP(S)_PROXY
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(self, request: Any) -> Any:
+        import aiohttp
+        from aiohttp import web
+
+        size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if size > MAX_HEADER_BYTES:
+            return _answer(
+                431,
+                f"request headers are {size} bytes, above the server's limit of "
+                f"{MAX_HEADER_BYTES}; send the mix in the body or the query instead",
+            )
+        ctype = media_type(request.headers.get("Content-Type"))
+        if _is_form(ctype):
+            return _answer(415, _form_message(ctype))
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            body = await self._read_body(request)
+        except _TooLarge:
+            return _answer(
+                413, f"request body is above the server's limit of {self.max_body_bytes} bytes"
+            )
+        await self.open()
+        try:
+            async with self._session.request(
+                request.method,
+                self.upstream + request.raw_path,
+                headers=list(_forwarded(request.raw_headers)),
+                data=body,
+                allow_redirects=False,
+            ) as upstream:
+                answer = await upstream.read()
+                response = web.Response(status=upstream.status, body=answer)
+                response.headers.clear()
+                for key, value in upstream.raw_headers:
+                    name = key.decode("latin-1")
+                    if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                        response.headers.add(name, value.decode("latin-1"))
+                return response
+        except asyncio.TimeoutError:
+            return _answer(504, "the model server did not answer in time")
+        except aiohttp.ClientError:
+            return _answer(502, "the model server is not reachable (starting or stopped)")
+
+    async def _read_body(self, request: Any) -> bytes:
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            raise _TooLarge
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise _TooLarge
+        return bytes(body)
+
+
+def _forwarded(headers: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[str, str]]:
+    """The request headers TorchServe gets: all but hop-by-hop ones, ``Host`` (the client sets
+    the upstream's), ``Expect`` (the body is complete) and the framing (recomputed)."""
+    skip = HOP_BY_HOP | {"host", "expect", "content-length"}
+    for key, value in headers:
+        name = key.decode("latin-1")
+        if name.lower() not in skip:
+            yield name, value.decode("latin-1")
+
+
+def _answer(status: int, message: str) -> Any:
+    """A JSON error in the handler's shape: ``{"error": ..., "status": ...}``."""
+    from aiohttp import web
+
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+def _server(gateway: Gateway) -> Any:
+    """aiohttp's low-level server for ``gateway``, answering the requests its HTTP parser
+    refuses with JSON like every other error here (aiohttp's own answers are plain text): a 431
+    for a header line or count over the limits, a 400 for anything malformed."""
+    from aiohttp import http_exceptions, web, web_protocol
+
+    class JSONErrors(web_protocol.RequestHandler):
+        def handle_error(
+            self,
+            request: Any,
+            status: int = 500,
+            exc: BaseException | None = None,
+            message: str | None = None,
+        ) -> web.StreamResponse:
+            if isinstance(exc, http_exceptions.LineTooLong) or "many headers" in str(exc):
+                status, error = (
+                    431,
+                    (
+                        "a request header (or the request line) is too long, or there are too "
+                        f"many headers (limits: {MAX_HEADER_BYTES} bytes in all, {MAX_HEADER_COUNT} "
+                        "headers); send the mix in the body or the query instead"
+                    ),
+                )
+            elif status < 500:
+                error = "invalid HTTP request (malformed request line or headers)"
+            else:
+                error = "the gateway failed on this request; see gateway.out in the run directory"
+                status = 502
+            response = _answer(status, error)
+            response.force_close()
+            return response
+
+    class Server(web.Server):
+        def __call__(self) -> web_protocol.RequestHandler:
+            return JSONErrors(self, loop=self._loop, **self._kwargs)
+
+    return Server(
+        gateway,
+        max_line_size=MAX_HEADER_LINE_BYTES,
+        max_field_size=MAX_HEADER_LINE_BYTES,
+        max_headers=MAX_HEADER_COUNT,
+        access_log=None,
+    )
+
+
+async def serve(gateway: Gateway, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve ``gateway`` on ``host:port`` until ``stop`` is set."""
+    from aiohttp import web
+
+    await gateway.open()
+    runner = web.ServerRunner(_server(gateway), handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await gateway.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT (``python gateway.py --help``)."""
+    import signal
+
+    p = argparse.ArgumentParser(
+        prog="gateway.py",
+        description="Forward a public inference port to TorchServe's private one; answer form "
+        "and multipart bodies (415), oversized bodies (413) and headers (431) with JSON.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:8090")
+    p.add_argument("--max-body-bytes", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=130.0, help="seconds an answer may take")
+    args = p.parse_args(argv)
+    gateway = Gateway(args.upstream, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(gateway, args.host, args.port, stop)
+
+    try:
+        import uvloop  # libuv's event loop, when installed: less CPU per request
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
