@@ -12,13 +12,15 @@ gateway on the public one. The gateway:
 
 * answers form and multipart bodies itself with a 415 and a JSON message naming the right
   ``Content-Type`` (the handler speaks JSON and raw image bytes only);
-* answers header blocks over 7 KiB with a 431 (TorchServe's frontend allows 8 KiB) and
-  malformed requests with a 400, both in JSON like every other error here;
+* answers header blocks over 7 KiB with a 431 (TorchServe's frontend allows 8 KiB), request
+  targets over 4000 bytes with a 414, targets that are not a path, header values that are
+  not ASCII and malformed requests with a 400, an ``Expect`` other than ``100-continue`` with
+  a 417, all in JSON like every other error here;
 * answers bodies over the server's size limit with a 413 without reading them whole (the
   ``Content-Length`` is checked first; chunked bodies are counted as they arrive);
-* forwards everything else unchanged (method, path, query, headers such as
-  ``Authorization`` and ``X-RWS-*``, body) and passes the answer back byte for byte, status
-  and headers included, so clients see TorchServe's API as it is;
+* forwards everything else unchanged (method, path and query as sent, headers such as
+  ``Authorization`` and ``X-RWS-*``, the body undecoded) and passes the answer back, status,
+  headers and body, so clients see TorchServe's API as it is;
 * answers 502 (JSON) while TorchServe cannot be reached and 504 when it does not answer in time.
 
 It is an aiohttp server forwarding with one pooled aiohttp client session (both parse HTTP in
@@ -70,6 +72,10 @@ MAX_HEADER_BYTES = 7 * 1024
 frontend (Netty) refuses more than 8 KiB of headers, and a refusal while the gateway is still
 sending can reach it as a broken connection: a header block over this limit gets a 431 here."""
 
+MAX_TARGET_BYTES = 4000
+"""The longest request target (path and query) forwarded: TorchServe's frontend refuses a
+request line over 4096 bytes with a message that names nothing, so a longer one gets a 414."""
+
 MAX_HEADER_LINE_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 1000
 """A header line or header count over these is refused by the HTTP parser itself (also with a
@@ -105,6 +111,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _BadHeader(ValueError):
+    pass
+
+
 class Gateway:
     """The gateway's request handler, forwarding to ``upstream`` (``http://127.0.0.1:PORT``).
 
@@ -137,7 +147,8 @@ class Gateway:
                 connector=aiohttp.TCPConnector(limit=self.max_connections),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=5.0),
                 auto_decompress=False,  # bytes pass through as TorchServe sent them
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                # only the client's own headers (no Content-Type guessed for a body without one)
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 trust_env=False,  # never route loopback traffic through an HTTP(S)_PROXY
             )
 
@@ -149,31 +160,32 @@ class Gateway:
     async def __call__(self, request: Any) -> Any:
         import aiohttp
         from aiohttp import web
+        from yarl import URL
 
-        size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
-        if size > MAX_HEADER_BYTES:
-            return _answer(
-                431,
-                f"request headers are {size} bytes, above the server's limit of "
-                f"{MAX_HEADER_BYTES}; send the mix in the body or the query instead",
-            )
-        ctype = media_type(request.headers.get("Content-Type"))
-        if _is_form(ctype):
-            return _answer(415, _form_message(ctype))
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        refused = _refusal(request)
+        if refused is not None:
+            return refused
+        try:
+            headers = list(_forwarded(request.raw_headers))
+        except _BadHeader as exc:
+            return _answer(400, str(exc))
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            return self._too_large()
+        if request.headers.get("Expect") and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             body = await self._read_body(request)
         except _TooLarge:
-            return _answer(
-                413, f"request body is above the server's limit of {self.max_body_bytes} bytes"
-            )
+            return self._too_large()
+        except (aiohttp.ClientError, web.HTTPException, OSError) as exc:
+            return _answer(400, f"the request body could not be read: {str(exc)[:200]}")
         await self.open()
         try:
             async with self._session.request(
                 request.method,
-                self.upstream + request.raw_path,
-                headers=list(_forwarded(request.raw_headers)),
+                URL(self.upstream + request.raw_path, encoded=True),  # the target as sent
+                headers=headers,
                 data=body,
                 allow_redirects=False,
             ) as upstream:
@@ -183,17 +195,19 @@ class Gateway:
                 for key, value in upstream.raw_headers:
                     name = key.decode("latin-1")
                     if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
-                        response.headers.add(name, value.decode("latin-1"))
+                        response.headers.add(name, value.decode("utf-8", "replace"))
                 return response
         except asyncio.TimeoutError:
             return _answer(504, "the model server did not answer in time")
         except aiohttp.ClientError:
             return _answer(502, "the model server is not reachable (starting or stopped)")
 
+    def _too_large(self) -> Any:
+        return _answer(
+            413, f"request body is above the server's limit of {self.max_body_bytes} bytes"
+        )
+
     async def _read_body(self, request: Any) -> bytes:
-        declared = request.content_length
-        if declared is not None and declared > self.max_body_bytes:
-            raise _TooLarge
         body = bytearray()
         async for chunk in request.content.iter_any():
             body += chunk
@@ -202,14 +216,58 @@ class Gateway:
         return bytes(body)
 
 
+def _refusal(request: Any) -> Any | None:
+    """The gateway's own answer to a request it does not forward (None: forward it)."""
+    size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+    if size > MAX_HEADER_BYTES:
+        return _answer(
+            431,
+            f"request headers are {size} bytes, above the server's limit of "
+            f"{MAX_HEADER_BYTES}; send the mix in the body or the query instead",
+        )
+    target = request.raw_path
+    if not target.startswith("/"):  # absolute-form, authority-form (CONNECT), asterisk-form
+        return _answer(
+            400,
+            "the request target must be a path such as /predictions/<model> (absolute, "
+            "authority and asterisk forms are not served)",
+        )
+    if len(target) > MAX_TARGET_BYTES:
+        return _answer(
+            414,
+            f"the request target is {len(target)} bytes, above the server's limit of "
+            f"{MAX_TARGET_BYTES}; send the mix in the body or the X-RWS-Signatures header",
+        )
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        return _answer(417, f"unsupported Expect header {expect[:40]!r}; only 100-continue")
+    ctype = media_type(request.headers.get("Content-Type"))
+    if _is_form(ctype):
+        return _answer(415, _form_message(ctype))
+    return None
+
+
 def _forwarded(headers: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[str, str]]:
     """The request headers TorchServe gets: all but hop-by-hop ones, ``Host`` (the client sets
-    the upstream's), ``Expect`` (the body is complete) and the framing (recomputed)."""
+    the upstream's), ``Expect`` (the body is complete) and the framing (recomputed).
+
+    Values must be ASCII (RFC 9110 leaves other bytes undefined; the forwarding client would
+    re-encode them): TorchServe then gets them byte for byte.
+
+    Raises:
+        _BadHeader: naming the header.
+    """
     skip = HOP_BY_HOP | {"host", "expect", "content-length"}
     for key, value in headers:
         name = key.decode("latin-1")
-        if name.lower() not in skip:
-            yield name, value.decode("latin-1")
+        if name.lower() in skip:
+            continue
+        if not value.isascii():
+            raise _BadHeader(
+                f"header {name[:40]!r} holds non-ASCII bytes; header values must be ASCII "
+                "(send names and text in a JSON body instead)"
+            )
+        yield name, value.decode("ascii")
 
 
 def _answer(status: int, message: str) -> Any:
@@ -260,6 +318,7 @@ def _server(gateway: Gateway) -> Any:
         max_line_size=MAX_HEADER_LINE_BYTES,
         max_field_size=MAX_HEADER_LINE_BYTES,
         max_headers=MAX_HEADER_COUNT,
+        auto_decompress=False,  # a Content-Encoding is TorchServe's (and the handler's) to judge
         access_log=None,
     )
 

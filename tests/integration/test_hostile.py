@@ -491,7 +491,10 @@ def cases(keys: dict[str, str]) -> list[Case]:  # noqa: PLR0915 - a catalogue
         "headers",
         frontend=True,
     )
-    hd("X-RWS-Signatures non-ASCII", {"X-RWS-Signatures": "f\u00f8g:1"}, 400, "unknown", data=GOOD)
+    # header values must be ASCII: the gateway refuses the rest (the parser's own guard against
+    # Unicode digits is a unit test, tests/unit/inference/test_parsing.py)
+    for name, value in (("X-RWS-Signatures", "f\u00f8g:1"), ("X-RWS-Top-K", "\u00b2")):
+        hd(f"{name} non-ASCII", {name: value}, 400, "non-ASCII", data=GOOD, frontend=True)
 
     # -- auth -------------------------------------------------------------------------------------
     def au(name: str, auth: str, match: str = "token", status: int = 400):

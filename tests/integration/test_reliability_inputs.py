@@ -258,15 +258,6 @@ def catalogue() -> list[Case]:
             headers={"X-RWS-Top-K": "three"},
         ),
         Case(
-            "X-RWS-Top-K superscript digit",
-            "raw",
-            GOOD,
-            400,
-            "top_k",
-            ctype="image/png",
-            headers={"X-RWS-Top-K": "\u00b2"},
-        ),
-        Case(
             "X-RWS-Signatures unknown",
             "raw",
             GOOD,

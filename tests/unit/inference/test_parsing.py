@@ -249,6 +249,13 @@ def test_top_k(parser, top_k, text):
     assert parser.parse({"image": b64(encode(rgb())), "top_k": 10.0}).top_k == 10
     status, msg = status_of(parser, encode(rgb()), content_type="image/png", query={"top_k": "x"})
     assert status == 400 and "integer" in msg
+    # digits that str.isdigit() accepts but int() does not (the gateway refuses non-ASCII
+    # headers before they get here; under KServe or --no-gateway they reach the parser)
+    for digits in ("\u00b2", "\u0663", "1\u00b2"):
+        status, msg = status_of(
+            parser, encode(rgb()), content_type="image/png", query={"top_k": digits}
+        )
+        assert status == 400 and "top_k" in msg, (digits, msg)
 
 
 def test_bad_json(parser):
