@@ -213,6 +213,12 @@ def _banner(server: Any, seconds: float) -> str:
         f"  signatures: GET  {opts.management_url}/models/{opts.model_name}?customized=true",
         f"  logs:       {server.run_dir / 'logs'}",
     ]
+    if opts.gateway:
+        lines.insert(
+            2,
+            f"  gateway:    {opts.inference_url} -> TorchServe on {opts.backend_url} "
+            "(form bodies get a 415, not TorchServe's 500; --no-gateway to skip it)",
+        )
     if opts.auth:
         lines += [
             f"  token auth: ON; keys in {server.key_file}",
