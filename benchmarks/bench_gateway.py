@@ -133,7 +133,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"The gateway process used {results['gateway_cpu_ms_per_request']:.2f} ms of CPU per "
-        "request (user + system, from `/proc`). The clients, the gateway, TorchServe and its "
+        "request (user + system, from `/proc`). Ratios within a few percent of 1 are noise on "
+        "this machine (a gateway faster than direct is one). The clients, the gateway, "
+        "TorchServe and its "
         "worker share the machine's CPUs here, so that CPU time costs throughput on a small "
         "machine; `rws serve --no-gateway` leaves it out (and with it the 415/413/431 answers "
         "above: TorchServe's frontend answers those requests itself, with a 500 for a form "

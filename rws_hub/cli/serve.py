@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.renew_keys:
         server = serving.Server.attach(args.run_dir)
-        if server is None or not server.alive():
+        if server is None or not server.any_alive():
             print(f"rws serve: no server running from {args.run_dir}")
             return 1
         try:
@@ -193,8 +193,9 @@ def run(args: argparse.Namespace) -> int:
         pass
     if keeper is not None:
         keeper.stop()
+    down = server.why_down()
     server.stop()
-    print("rws serve: stopped")
+    print(f"rws serve: stopped ({down})" if down and not stop else "rws serve: stopped")
     return 0
 
 

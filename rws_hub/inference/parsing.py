@@ -160,6 +160,8 @@ class RequestParser:
         elif body is None:
             if ctype == "application/x-www-form-urlencoded":
                 # A server that decodes form bodies (TorchServe) leaves no image bytes behind.
+                # rws serve's gateway (rws_hub/launch/gateway.py) answers such bodies itself
+                # with the same text; this is the answer under KServe or --no-gateway.
                 raise RequestError(
                     "the body was sent as a form (Content-Type: application/x-www-form-"
                     "urlencoded, what curl --data-binary sends unless told otherwise); send a "

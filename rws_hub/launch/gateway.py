@@ -94,6 +94,9 @@ def _is_form(ctype: str) -> bool:
 
 
 def _form_message(ctype: str) -> str:
+    # the handler's own refusal (rws_hub/inference/parsing.py, RequestParser.parse) says the
+    # same for a form body that gets past TorchServe's decoder (KServe, --no-gateway); this
+    # script imports no rws_hub, so the text lives in both places
     if ctype.startswith("multipart/"):
         how = f"as {ctype[:40]} (a form upload)"
     else:
@@ -163,21 +166,28 @@ class Gateway:
         from yarl import URL
 
         refused = _refusal(request)
-        if refused is not None:
-            return refused
-        try:
-            headers = list(_forwarded(request.raw_headers))
-        except _BadHeader as exc:
-            return _answer(400, str(exc))
+        if refused is None:
+            try:
+                headers = list(_forwarded(request.raw_headers))
+            except _BadHeader as exc:
+                refused = _answer(400, str(exc))
         declared = request.content_length
-        if declared is not None and declared > self.max_body_bytes:
-            return self._too_large()
+        if refused is None and declared is not None and declared > self.max_body_bytes:
+            refused = self._too_large()
+        if refused is not None:
+            if request.body_exists and not request.content.is_eof():
+                # the body is not read: close after the answer rather than parse the body as
+                # the next request (a client that waited for 100 Continue never sends it)
+                refused.force_close()
+            return refused
         if request.headers.get("Expect") and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             body = await self._read_body(request)
         except _TooLarge:
-            return self._too_large()
+            refused = self._too_large()
+            refused.force_close()
+            return refused
         except (aiohttp.ClientError, web.HTTPException, OSError) as exc:
             return _answer(400, f"the request body could not be read: {str(exc)[:200]}")
         await self.open()
@@ -190,13 +200,16 @@ class Gateway:
                 allow_redirects=False,
             ) as upstream:
                 answer = await upstream.read()
-                response = web.Response(status=upstream.status, body=answer)
+                # the handler's reason phrase (its error, in printable ASCII) passes too
+                response = web.Response(status=upstream.status, reason=upstream.reason, body=answer)
                 response.headers.clear()
                 for key, value in upstream.raw_headers:
                     name = key.decode("latin-1")
                     if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                         response.headers.add(name, value.decode("utf-8", "replace"))
                 return response
+        except aiohttp.ConnectionTimeoutError:  # also an asyncio.TimeoutError: first
+            return _answer(502, "the model server is not reachable (starting or stopped)")
         except asyncio.TimeoutError:
             return _answer(504, "the model server did not answer in time")
         except aiohttp.ClientError:
@@ -207,13 +220,13 @@ class Gateway:
             413, f"request body is above the server's limit of {self.max_body_bytes} bytes"
         )
 
-    async def _read_body(self, request: Any) -> bytes:
+    async def _read_body(self, request: Any) -> bytearray:
         body = bytearray()
         async for chunk in request.content.iter_any():
             body += chunk
             if len(body) > self.max_body_bytes:
                 raise _TooLarge
-        return bytes(body)
+        return body
 
 
 def _refusal(request: Any) -> Any | None:
@@ -223,7 +236,7 @@ def _refusal(request: Any) -> Any | None:
         return _answer(
             431,
             f"request headers are {size} bytes, above the server's limit of "
-            f"{MAX_HEADER_BYTES}; send the mix in the body or the query instead",
+            f"{MAX_HEADER_BYTES} (a long signature mix goes in the JSON body)",
         )
     target = request.raw_path
     if not target.startswith("/"):  # absolute-form, authority-form (CONNECT), asterisk-form
@@ -291,18 +304,23 @@ def _server(gateway: Gateway) -> Any:
             exc: BaseException | None = None,
             message: str | None = None,
         ) -> web.StreamResponse:
-            if isinstance(exc, http_exceptions.LineTooLong) or "many headers" in str(exc):
-                status, error = (
-                    431,
-                    (
-                        "a request header (or the request line) is too long, or there are too "
-                        f"many headers (limits: {MAX_HEADER_BYTES} bytes in all, {MAX_HEADER_COUNT} "
-                        "headers); send the mix in the body or the query instead"
-                    ),
+            text = str(exc)
+            if isinstance(exc, http_exceptions.LineTooLong) and "Status line" in text:
+                status = 414
+                error = (
+                    f"the request line is over {MAX_HEADER_LINE_BYTES} bytes (the server's "
+                    f"limit for the target is {MAX_TARGET_BYTES})"
+                )
+            elif isinstance(exc, http_exceptions.LineTooLong) or "many headers" in text:
+                status = 431
+                error = (
+                    "a request header is too long, or there are too many headers (limits: "
+                    f"{MAX_HEADER_BYTES} bytes in all, {MAX_HEADER_COUNT} headers)"
                 )
             elif status < 500:
                 error = "invalid HTTP request (malformed request line or headers)"
             else:
+                self.log_exception("Error handling request", exc_info=exc)
                 error = "the gateway failed on this request; see gateway.out in the run directory"
                 status = 502
             response = _answer(status, error)
@@ -319,6 +337,10 @@ def _server(gateway: Gateway) -> Any:
         max_field_size=MAX_HEADER_LINE_BYTES,
         max_headers=MAX_HEADER_COUNT,
         auto_decompress=False,  # a Content-Encoding is TorchServe's (and the handler's) to judge
+        # after an answer that left the body unread (413, 415, ...), discard what the client
+        # still sends for 2 s before closing (aiohttp waits 10 s; a client that waits for
+        # 100 Continue sends nothing)
+        lingering_time=2.0,
         access_log=None,
     )
 
@@ -341,7 +363,10 @@ async def serve(gateway: Gateway, host: str, port: int, stop: asyncio.Event) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT (``python gateway.py --help``)."""
     import signal
+    from pathlib import Path
 
+    if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)  # run as a script: its neighbours must not shadow other modules
     p = argparse.ArgumentParser(
         prog="gateway.py",
         description="Forward a public inference port to TorchServe's private one; answer form "

@@ -17,9 +17,13 @@ programs as subprocesses and talks HTTP to the server with the standard library.
 3. starts ``torchserve --foreground`` in its own process group with ``TEMP``, ``TMPDIR``,
    ``LOG_LOCATION`` and ``METRICS_LOCATION`` pointing into the run directory, and records the
    process ids in ``server.json``;
-4. waits until ``/ping`` answers and the model's worker is READY.
+4. starts the gateway (``rws_hub/launch/gateway.py``, its own process group) on the public
+   inference port, TorchServe's inference API being on a private loopback port (unless
+   ``gateway=False``), and records its pid too;
+5. waits until ``/ping`` answers through the gateway and the model's worker is READY.
 
-:func:`stop` (``rws serve --stop``) ends exactly the processes recorded in ``server.json``.
+:func:`stop` (``rws serve --stop``) ends exactly the processes recorded in ``server.json``
+(the gateway first, then TorchServe).
 Token authorization is ON unless ``auth=False``: the keys are in ``<run dir>/key_file.json``;
 send ``Authorization: Bearer <inference key>``.
 
@@ -210,12 +214,18 @@ class ServeOptions:
     @property
     def backend_url(self) -> str:
         """Where TorchServe's inference API listens: a private loopback port behind the
-        gateway, else :attr:`inference_url`."""
+        gateway (:meth:`choose_backend_port` picks it), else :attr:`inference_url`."""
         if not self.gateway:
             return self.inference_url
         if self.backend_port is None:
-            self.backend_port = free_ports(1)[0]
+            raise ServeError("no backend port chosen yet (ServeOptions.choose_backend_port)")
         return f"http://127.0.0.1:{self.backend_port}"
+
+    def choose_backend_port(self) -> None:
+        """With the gateway on, pick a free loopback port for TorchServe's inference API
+        (unless one is set)."""
+        if self.gateway and self.backend_port is None:
+            self.backend_port = free_ports(1)[0]
 
     @property
     def management_url(self) -> str:
@@ -342,6 +352,7 @@ def write_configs(opts: ServeOptions) -> tuple[Path, Path]:
         }
     }
     request_limit = response_limit(opts)
+    opts.choose_backend_port()
     props = {
         "inference_address": opts.backend_url,
         "management_address": opts.management_url,
@@ -543,10 +554,23 @@ class Server:
             return None
 
     def alive(self) -> bool:
-        """Whether the launcher (the leader of the server's process group) and the gateway
-        (when there is one) still run."""
+        """Whether the server answers: the launcher (the leader of TorchServe's process group)
+        and the gateway (when there is one) both run."""
         gateway = self._gateway()
         return self._managed().alive() and (gateway is None or gateway.alive())
+
+    def any_alive(self) -> bool:
+        """Whether any recorded process still runs (a half-dead server still holds ports)."""
+        gateway = self._gateway()
+        return self._managed().alive() or (gateway is not None and gateway.alive())
+
+    def why_down(self) -> str:
+        """What stopped, for messages (empty while :meth:`alive`)."""
+        if not self._managed().alive():
+            return f"torchserve exited; see {self.run_dir / 'logs'}"
+        if not self.alive():
+            return f"the gateway exited; see {self.run_dir / 'gateway.out'}"
+        return ""
 
     def _managed(self) -> Managed:
         return Managed(pid=self.launcher_pid, process=self.process)
@@ -576,13 +600,8 @@ class Server:
         """Block until ``/ping`` is healthy and every worker is READY."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._managed().alive():
-                raise ServeError(f"torchserve exited; see {self.run_dir / 'logs'}\n{self.tail()}")
             if not self.alive():
-                raise ServeError(
-                    f"the gateway on port {self.opts.port} exited; see "
-                    f"{self.run_dir / 'gateway.out'}\n{self.tail()}"
-                )
+                raise ServeError(f"{self.why_down()}\n{self.tail()}")
             key = self._fresh_key("inference")
             if not self.opts.auth or key:
                 try:
@@ -621,7 +640,9 @@ class Server:
         state = read_record(Path(run_dir) / STATE_FILE)
         if state is None:
             return None
-        opts = ServeOptions(**state["options"])
+        options = dict(state["options"])
+        options.setdefault("gateway", False)  # a record written before the gateway existed
+        opts = ServeOptions(**options)
         gateway = state.get("gateway_pid")
         return cls(
             opts=opts,
@@ -693,10 +714,11 @@ def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> S
     """
     run_dir = opts.run_dir.resolve()
     existing = Server.attach(run_dir)
-    if existing is not None and existing.alive():
+    if existing is not None and existing.any_alive():
         raise ServeError(
-            f"a server is already running from {run_dir} (pid {existing.launcher_pid}); "
-            "stop it first: rws serve --stop"
+            f"a server (or part of one) is still running from {run_dir} (pids "
+            f"{existing.launcher_pid}, gateway {existing.gateway_pid}); stop it first: "
+            "rws serve --stop"
         )
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ServeError(
@@ -730,7 +752,11 @@ def start(opts: ServeOptions, *, timeout: float = 120.0, wait: bool = True) -> S
     launched = spawn(cmd, cwd=run_dir, env=env, log=run_dir / "torchserve.out")
     server = Server(opts=opts, launcher_pid=launched.pid, process=launched.process)
     if opts.gateway:
-        gateway = _spawn_gateway(opts, run_dir, env)
+        try:
+            gateway = _spawn_gateway(opts, run_dir, env)
+        except BaseException:
+            server.stop()
+            raise
         server.gateway_pid, server.gateway_process = gateway.pid, gateway.process
     state = {
         "launcher_pid": launched.pid,
@@ -770,7 +796,7 @@ def stop(run_dir: str | Path, timeout: float = 30.0) -> bool:
     server = Server.attach(run_dir)
     if server is None:
         return False
-    was_alive = server.alive()
+    was_alive = server.any_alive()
     server.stop(timeout)
     return was_alive
 

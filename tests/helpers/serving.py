@@ -84,11 +84,12 @@ def start_server(folder: Path, run_dir: Path, name: str = "tiny", **options: Any
 
 
 def stop_server(srv: serving.Server) -> None:
-    """Stop ``srv`` and check that its frontend process is gone."""
+    """Stop ``srv`` and check that its frontend and its gateway are gone."""
     java = srv.java_pid()
     srv.stop()
     assert java is not None and not pid_alive(java), "TorchServe still running"
-    assert not srv.alive()
+    assert srv.gateway_pid is None or not pid_alive(srv.gateway_pid), "gateway still running"
+    assert not srv.any_alive()
 
 
 def assert_same(answer: dict, want: dict) -> None:

@@ -258,6 +258,16 @@ def test_top_k(parser, top_k, text):
         assert status == 400 and "top_k" in msg, (digits, msg)
 
 
+def test_a_form_decoded_by_the_server_is_415(parser):
+    """TorchServe decodes a form-encoded body itself and hands the handler no body: the answer
+    names the cause (behind rws serve's gateway such bodies never get here; under KServe or
+    --no-gateway they do)."""
+    status, msg = status_of(parser, None, content_type="application/x-www-form-urlencoded")
+    assert status == 415 and "sent as a form" in msg and "Content-Type: image/png" in msg
+    status, msg = status_of(parser, None, content_type="image/png")
+    assert status == 400 and "no body" in msg
+
+
 def test_bad_json(parser):
     png64 = b64(encode(rgb()))
     cases = [

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,7 @@ class _Echo(BaseHTTPRequestHandler):
                 time.sleep(float(self.path.split("=", 1)[1]) if "=" in self.path else 0.3)
             status = 418 if self.path.startswith("/teapot") else 200
             out = json.dumps(seen).encode()
-            self.send_response(status)
+            self.send_response(status, "Short And Stout" if status == 418 else None)
             self.send_header("Content-Type", "application/json")
             self.send_header("X-Upstream", "yes")
             self.send_header("Content-Length", str(len(out)))
@@ -153,6 +154,7 @@ def test_requests_and_answers_pass_through_unchanged(gateway: str, upstream: Ups
     assert requests.get(f"{gateway}/ping", timeout=30).json()["method"] == "GET"
     r = requests.post(f"{gateway}/teapot", json={"a": 1}, timeout=30)
     assert r.status_code == 418 and r.json()["headers"]["content-type"] == "application/json"
+    assert r.reason == "Short And Stout"  # the handler puts its error in the reason phrase
 
 
 @pytest.mark.parametrize(
@@ -316,3 +318,71 @@ def test_bodies_and_header_bytes_pass_unchanged(gateway: str, upstream: Upstream
     big = f"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {LIMIT + 1}"
     status, body = _raw(gateway, big.encode() + b"\r\n\r\n")
     assert status == 413  # refused before any 100 Continue: the client never sends the body
+
+
+def test_expect_100_continue(gateway: str, upstream: Upstream) -> None:
+    """curl sends ``Expect: 100-continue`` for large bodies: 100, then the answer; over the
+    limit, the 413 comes first and the connection closes (the body never follows)."""
+    port = int(gateway.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        answer = sock.recv(65536)
+    assert answer.split(b"\r\n")[0].split()[1] == b"200" and upstream.seen[-1]["size"] == 5
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            + f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # read to the end: the gateway closes
+            answer += chunk
+    assert answer.split(b"\r\n")[0].split()[1] == b"413" and answer.count(b"HTTP/1.1") == 1
+
+
+def test_the_gateway_script_runs_alone_and_stops_on_sigterm(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """As rws serve runs it: the file as a script (no rws_hub, no torch imported); SIGTERM
+    ends it with status 0; a port already taken makes it exit with an error."""
+    import subprocess
+    import sys
+
+    import rws_hub.launch.gateway as module
+
+    host, up = upstream.server_address[:2]
+    port = free_ports(1)[0]
+    cmd = [
+        sys.executable,
+        module.__file__,
+        "--port",
+        str(port),
+        "--upstream",
+        f"http://{host}:{up}",
+    ]
+    cmd += ["--max-body-bytes", str(LIMIT)]
+    probe = "import sys; sys.argv[1:] = []; import runpy; " + (
+        f"runpy.run_path({module.__file__!r}, run_name='probe'); "
+        "print('torch' in sys.modules or 'rws_hub' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline and proc.poll() is None, "the gateway did not start"
+            time.sleep(0.1)
+        taken = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert taken.returncode != 0 and "address already in use" in taken.stderr.lower()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
