@@ -38,6 +38,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+import aiohttp
+from aiohttp import http_exceptions, web, web_protocol
+from yarl import URL
+
 __all__ = [
     "FORM_TYPES",
     "HOP_BY_HOP",
@@ -65,6 +69,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Headers that belong to one connection (RFC 9110, 7.6.1) and are never forwarded."""
+
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect", "content-length"}
 
 
 MAX_HEADER_BYTES = 7 * 1024
@@ -114,10 +120,6 @@ class _TooLarge(Exception):
     pass
 
 
-class _BadHeader(ValueError):
-    pass
-
-
 class Gateway:
     """The gateway's request handler, forwarding to ``upstream`` (``http://127.0.0.1:PORT``).
 
@@ -143,8 +145,6 @@ class Gateway:
         self._session: Any = None
 
     async def open(self) -> None:
-        import aiohttp
-
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections),
@@ -160,20 +160,8 @@ class Gateway:
             await self._session.close()
             self._session = None
 
-    async def __call__(self, request: Any) -> Any:
-        import aiohttp
-        from aiohttp import web
-        from yarl import URL
-
-        refused = _refusal(request)
-        if refused is None:
-            try:
-                headers = list(_forwarded(request.raw_headers))
-            except _BadHeader as exc:
-                refused = _answer(400, str(exc))
-        declared = request.content_length
-        if refused is None and declared is not None and declared > self.max_body_bytes:
-            refused = self._too_large()
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = self._refusal(request)
         if refused is not None:
             if request.body_exists and not request.content.is_eof():
                 # the body is not read: close after the answer rather than parse the body as
@@ -195,7 +183,7 @@ class Gateway:
             async with self._session.request(
                 request.method,
                 URL(self.upstream + request.raw_path, encoded=True),  # the target as sent
-                headers=headers,
+                headers=list(_forwarded(request.raw_headers)),
                 data=body,
                 allow_redirects=False,
             ) as upstream:
@@ -208,17 +196,23 @@ class Gateway:
                     if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                         response.headers.add(name, value.decode("utf-8", "replace"))
                 return response
-        except aiohttp.ConnectionTimeoutError:  # also an asyncio.TimeoutError: first
+        except aiohttp.ClientError:  # before TimeoutError: a connect timeout is both
             return _answer(502, "the model server is not reachable (starting or stopped)")
         except asyncio.TimeoutError:
             return _answer(504, "the model server did not answer in time")
-        except aiohttp.ClientError:
-            return _answer(502, "the model server is not reachable (starting or stopped)")
 
-    def _too_large(self) -> Any:
+    def _too_large(self) -> web.Response:
         return _answer(
             413, f"request body is above the server's limit of {self.max_body_bytes} bytes"
         )
+
+    def _refusal(self, request: web.BaseRequest) -> web.Response | None:
+        """The gateway's own answer to a request it does not forward (None: forward it)."""
+        refused = _refusal(request)
+        declared = request.content_length
+        if refused is None and declared is not None and declared > self.max_body_bytes:
+            refused = self._too_large()
+        return refused
 
     async def _read_body(self, request: Any) -> bytearray:
         body = bytearray()
@@ -229,8 +223,8 @@ class Gateway:
         return body
 
 
-def _refusal(request: Any) -> Any | None:
-    """The gateway's own answer to a request it does not forward (None: forward it)."""
+def _refusal(request: web.BaseRequest) -> web.Response | None:
+    """The gateway's answer to a request whose head it does not forward (None: forward it)."""
     size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
     if size > MAX_HEADER_BYTES:
         return _answer(
@@ -257,6 +251,14 @@ def _refusal(request: Any) -> Any | None:
     ctype = media_type(request.headers.get("Content-Type"))
     if _is_form(ctype):
         return _answer(415, _form_message(ctype))
+    for key, value in request.raw_headers:
+        if not value.isascii() and key.decode("latin-1").lower() not in _NOT_FORWARDED:
+            # the forwarding client would re-encode the bytes
+            return _answer(
+                400,
+                f"header {key.decode('latin-1')[:40]!r} holds non-ASCII bytes; header values "
+                "must be ASCII (send names and text in a JSON body instead)",
+            )
     return None
 
 
@@ -264,29 +266,17 @@ def _forwarded(headers: Iterable[tuple[bytes, bytes]]) -> Iterable[tuple[str, st
     """The request headers TorchServe gets: all but hop-by-hop ones, ``Host`` (the client sets
     the upstream's), ``Expect`` (the body is complete) and the framing (recomputed).
 
-    Values must be ASCII (RFC 9110 leaves other bytes undefined; the forwarding client would
-    re-encode them): TorchServe then gets them byte for byte.
-
-    Raises:
-        _BadHeader: naming the header.
+    Values are ASCII (:func:`_refusal` answers the rest), so TorchServe gets them byte for
+    byte.
     """
-    skip = HOP_BY_HOP | {"host", "expect", "content-length"}
     for key, value in headers:
         name = key.decode("latin-1")
-        if name.lower() in skip:
-            continue
-        if not value.isascii():
-            raise _BadHeader(
-                f"header {name[:40]!r} holds non-ASCII bytes; header values must be ASCII "
-                "(send names and text in a JSON body instead)"
-            )
-        yield name, value.decode("ascii")
+        if name.lower() not in _NOT_FORWARDED:
+            yield name, value.decode("ascii")
 
 
-def _answer(status: int, message: str) -> Any:
+def _answer(status: int, message: str) -> web.Response:
     """A JSON error in the handler's shape: ``{"error": ..., "status": ...}``."""
-    from aiohttp import web
-
     return web.json_response({"error": message, "status": status}, status=status)
 
 
@@ -294,7 +284,6 @@ def _server(gateway: Gateway) -> Any:
     """aiohttp's low-level server for ``gateway``, answering the requests its HTTP parser
     refuses with JSON like every other error here (aiohttp's own answers are plain text): a 431
     for a header line or count over the limits, a 400 for anything malformed."""
-    from aiohttp import http_exceptions, web, web_protocol
 
     class JSONErrors(web_protocol.RequestHandler):
         def handle_error(
@@ -347,8 +336,6 @@ def _server(gateway: Gateway) -> Any:
 
 async def serve(gateway: Gateway, host: str, port: int, stop: asyncio.Event) -> None:
     """Serve ``gateway`` on ``host:port`` until ``stop`` is set."""
-    from aiohttp import web
-
     await gateway.open()
     runner = web.ServerRunner(_server(gateway), handle_signals=False)
     await runner.setup()
