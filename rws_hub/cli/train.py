@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 
 from rws_hub.datasets import default_dataset, list_datasets
-from rws_hub.zoo.training import TrainConfig, train
+from rws_hub.zoo.training import PRECISIONS, TrainConfig, train
 
 _DATA = default_dataset()
 EPILOG = f"""examples:
@@ -93,6 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument(
         "--device", default=d.device, help="cpu, cuda, cuda:N or auto (CUDA when available)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="bf16: forward pass and loss under bfloat16 autocast (weights stay float32)",
     )
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--resume", action="store_true", help="continue a killed run")

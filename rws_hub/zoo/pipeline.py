@@ -96,6 +96,7 @@ class ZooSpec:
     eval_limit: int | None = None  # test images (None = the whole test set)
     jobs: int = 2  # fine-tuning runs in parallel (one CPU thread each)
     device: str = "cpu"  # training and evaluation: "cpu", "cuda", "cuda:N" or "auto"
+    precision: str = "fp32"  # training: fp32 | bf16 (autocast; evaluation stays float32)
     seed: int = 0
     dataset: str = DEFAULT_ENTRY.dataset  # a rws_hub.datasets name: classes, normalisation
     # θ_pre of another entry (a safetensors state file) instead of pretraining: the entry then
@@ -156,6 +157,7 @@ class ZooSpec:
             "seed": self.seed,
             "num_classes": self.dataset_spec.num_classes,
             "device": self.device,
+            "precision": self.precision,
         }
 
     def pretrain_config(self) -> TrainConfig:

@@ -159,6 +159,12 @@ def test_entry_recipes_and_rebuild_commands(monkeypatch: pytest.MonkeyPatch) -> 
     assert plain.architecture == ZooSpec().architecture and plain.width == 0.125
     assert (plain.work, plain.export) == ("runs/zoo/mine", "model-store/mine")
     assert plain.rebuild_command().startswith("rws zoo build --name mine")
+    # mixed precision is a recipe option of every training stage (evaluation stays float32)
+    bf16 = ZooSpec.for_entry("cifar10-test-bn", precision="bf16", pretrained="pre.safetensors")
+    stages = [bf16.pretrain_config(), bf16.head_config(), bf16.clean_config()]
+    stages.append(bf16.robust_config("fog"))
+    assert {c.precision for c in stages} == {"bf16"}
+    assert "--precision bf16" in bf16.rebuild_command()
 
 
 def test_zoo_storage_low_rank() -> None:

@@ -221,3 +221,33 @@ def test_channels_last_is_skipped_where_its_backward_crashes() -> None:
     assert not channels_last_trains(create_model("resnet20_cifar", width=0.25))
     assert channels_last_trains(create_model("resnet20_cifar", width=0.5))
     assert channels_last_trains(create_model("vgg16_bn_cifar", width=0.125))
+
+
+def test_bf16_training_keeps_float32_weights_learns_and_resumes_exactly(
+    tiny_cifar: Path, tmp_path: Path
+) -> None:
+    """bf16 autocast: the forward pass and loss in bfloat16, the weights, gradients and
+    optimizer state in float32; a stopped bf16 run resumes bitwise; fp32 and bf16 runs are not
+    the same run (resume refuses to mix them)."""
+    with pytest.raises(ValueError, match="precision"):
+        train(_cfg(tiny_cifar, tmp_path / "x", precision="fp16"))
+    fp32 = load_file(str(train(_cfg(tiny_cifar, tmp_path / "fp32"), progress=False)))
+    whole = train(_cfg(tiny_cifar, tmp_path / "a", precision="bf16"), progress=False)
+    assert whole is not None
+    bf16 = load_file(str(whole))
+    assert all(v.dtype == torch.float32 for v in bf16.values() if v.is_floating_point())
+    # the same data and seed: close to the float32 run, but not the same weights
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
+    log = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    assert log[-1]["loss"] < log[0]["loss"]
+
+    cfg = _cfg(tiny_cifar, tmp_path / "b", precision="bf16")
+    assert train(cfg, progress=False, max_steps=5) is None
+    resumed = load_file(str(train(cfg, progress=False, resume=True)))
+    assert all(torch.equal(bf16[k], resumed[k]) for k in bf16)
+    cfg = _cfg(tiny_cifar, tmp_path / "c", precision="bf16")
+    train(cfg, progress=False, max_steps=2)
+    cfg.precision = "fp32"
+    with pytest.raises(ValueError, match="different configuration"):
+        train(cfg, progress=False, resume=True)
