@@ -1892,6 +1892,39 @@ def _setup_line(s: dict[str, Any]) -> str:
     )
 
 
+#: The recipe keys of a section's setup that make it another build of the entry.
+BUILD_KEYS = (
+    "pretrain_epochs",
+    "clean_epochs",
+    "robust_epochs",
+    "corrupt_fraction",
+    "finetune_lr",
+    "layers",
+)
+
+
+def earlier_build(reference: dict[str, Any], s: dict[str, Any], section: str = "") -> str:
+    """A note when section setup ``s`` was measured on another build of the entry than
+    ``reference`` (the main table's), naming what differed; "" for the same build. The K
+    sweep (``section="depth"``) measures every K, so the entry's K does not count there."""
+    keys = [k for k in BUILD_KEYS if not (section == "depth" and k == "layers")]
+    changed = [k for k in keys if k in reference and s.get(k) != reference[k]]
+    if s.get("zoo") != reference.get("zoo") or not changed:
+        return ""
+    what = ", ".join(
+        f"{k.replace('_', ' ')} {s.get(k)!r:.6} (now {reference[k]!r:.6})" for k in changed
+    )
+    return (
+        f"*Measured on an earlier build of this entry ({what}; {s.get('measured_at', '?')}): "
+        "kept as that build's measurement until it is run again on this one.*"
+    )
+
+
+def _paragraph(text: str) -> list[str]:
+    """A paragraph's lines (the text and a blank line), none for an empty text."""
+    return [text, ""] if text else []
+
+
 def other_entries(out: Path, doc: Path) -> list[str]:
     """The section on the other zoo entries measured into ``<out>/<entry>/``: each one's setup,
     main table and (batch-norm networks) the batch-norm comparison, with a link to its report."""
@@ -1916,6 +1949,11 @@ def other_entries(out: Path, doc: Path) -> list[str]:
             rel = os.path.relpath(report, doc.parent).replace(os.sep, "/")
             title += f" ([full report]({rel}))"
         lines += [title, "", _setup_line(s), ""]
+        notes = {
+            k: earlier_build(s, json.loads((d / f"{k}.json").read_text())["setup"], k)
+            for k in sections
+            if (d / f"{k}.json").exists()
+        }
         if (d / "main.json").exists():
             lines += [
                 f"**Main table.** {render_main(json.loads((d / 'main.json').read_text()))}",
@@ -1928,6 +1966,7 @@ def other_entries(out: Path, doc: Path) -> list[str]:
             lines += [
                 f"**K sweep (K = 1…{depth['ks'][-1]} units).** {render_depth(depth)}",
                 "",
+                *_paragraph(notes["depth"]),
             ]
         if (d / "datasets.json").exists():
             ds = json.loads((d / "datasets.json").read_text())
@@ -1940,6 +1979,7 @@ def other_entries(out: Path, doc: Path) -> list[str]:
                 "",
                 f"**Difference and why.** {_why('datasets', ds)}",
                 "",
+                *_paragraph(notes["datasets"]),
             ]
         if (d / "bnstats.json").exists():
             bn = json.loads((d / "bnstats.json").read_text())
@@ -1948,6 +1988,7 @@ def other_entries(out: Path, doc: Path) -> list[str]:
                 "",
                 _verdict("bnstats", bn),
                 "",
+                *_paragraph(notes["bnstats"]),
             ]
     return lines
 
@@ -1971,7 +2012,9 @@ def write_doc(out: Path, doc: Path) -> str:
         "## Setup",
         "",
     ]
-    setup = next((r["setup"] for r in results.values()), None)
+    # the setup of the main table (the entry's current build), else of the first section
+    setup = results["main"]["setup"] if "main" in results else None
+    setup = setup or next((r["setup"] for r in results.values()), None)
     if setup:
         s = setup
         lines += [
@@ -2018,6 +2061,7 @@ def write_doc(out: Path, doc: Path) -> str:
             "",
             f"**Command.** `{r['command']}` ({r['seconds']:.0f} s, {r['setup']['measured_at']})",
             "",
+            *_paragraph(earlier_build(setup or {}, r["setup"], key)),
             f"**Measured.** {RENDER[key](r)}",
             "",
             f"![{title}]({rel})",

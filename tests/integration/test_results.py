@@ -375,3 +375,17 @@ def test_across_data_sets(bn_zoo: dict[str, Path], tmp_path: Path) -> None:
         R.main(
             ["datasets", *args[:-6], "--other-work", str(foreign), "--other-folder", spec.export]
         )
+
+
+def test_a_section_of_an_earlier_build_says_so() -> None:
+    """A section measured on another build of the entry (another recipe) than its main table
+    carries a note naming what differed; the K sweep does not count the entry's K."""
+    now = {"zoo": "e", "pretrain_epochs": 40, "corrupt_fraction": 0.3, "layers": 16}
+    assert R.earlier_build(now, dict(now)) == ""
+    assert R.earlier_build(now, {**now, "zoo": "other", "pretrain_epochs": 8}) == ""
+    old = {**now, "pretrain_epochs": 20, "layers": 7, "measured_at": "2026-12-01 21:38 UTC"}
+    note = R.earlier_build(now, old, "bnstats")
+    assert "pretrain epochs 20 (now 40)" in note and "layers 7 (now 16)" in note
+    assert "2026-12-01 21:38 UTC" in note
+    assert "layers" not in R.earlier_build(now, old, "depth")
+    assert R.earlier_build(now, {**now, "layers": 7}, "depth") == ""
