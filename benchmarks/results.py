@@ -125,6 +125,14 @@ def load_spec(work: str | Path, folder: str | Path, data: str | None = None) -> 
         if (Path(work) / "robust" / c / "final.safetensors").exists()
         and (Path(work) / "signatures" / f"{c}.safetensors").exists()
     ]
+    if not have and not (Path(work) / "robust").exists():
+        # no checkpoints here (a fresh clone): the sections that read only signatures and
+        # recorded evaluations (8b) take them from the exported folder
+        have = [
+            c
+            for c in spec.corruptions
+            if (Path(folder) / "signatures" / f"{c}.safetensors").exists()
+        ]
     spec.corruptions = [c for c in ALL_CORRUPTIONS if c in have]
     return spec
 
@@ -216,8 +224,18 @@ class Zoo:
     # -- weights ------------------------------------------------------------------------------
     def path(self, which: str) -> Path:
         if which in ("pretrain", "clean"):
-            return self.work / which / "final.safetensors"
-        return self.work / "robust" / which / "final.safetensors"
+            path = self.work / which / "final.safetensors"
+        else:
+            path = self.work / "robust" / which / "final.safetensors"
+        shipped = {"clean": "model.safetensors", "pretrain": "pretrained.safetensors"}
+        if not path.exists() and which in shipped:  # the work folder is gone: the exported
+            path = Path(self.args.folder) / shipped[which]  # folder ships θ_std (and θ_pre)
+        if not path.exists():
+            raise SystemExit(
+                f"{path} is missing: this section needs the entry's checkpoints "
+                f"(rws zoo build --name {self.spec.name} --work {self.work})"
+            )
+        return path
 
     def state(self, which: str) -> dict[str, torch.Tensor]:
         """A state dict: ``"pretrain"``, ``"clean"`` or a corruption's robust model."""
@@ -235,10 +253,16 @@ class Zoo:
             self._backbone = self.model("clean")
         return self._backbone
 
+    def kept(self, rel: str) -> Path:
+        """``rel`` in the work folder, else the exported folder's copy (the work folder is gone,
+        as on a fresh clone: the signatures and ``eval.json`` ship as the build wrote them)."""
+        path = self.work / rel
+        return path if path.exists() else Path(self.args.folder) / rel
+
     def signature(self, c: str) -> Signature:
         """The zoo's stored signature of ``c`` (as shipped: K and quantization of the recipe)."""
         if c not in self._sigs:
-            self._sigs[c] = Signature.load(self.work / "signatures" / f"{c}.safetensors")
+            self._sigs[c] = Signature.load(self.kept(f"signatures/{c}.safetensors"))
         return self._sigs[c]
 
     def fp32_signature(
@@ -318,7 +342,7 @@ def _colors(n: int) -> list[Any]:
 
 def section_main(z: Zoo, png: Path) -> dict[str, Any]:
     """TA/RA of θ_std, θ_c and θ_std + v_c from the zoo's eval.json; storage of each."""
-    ev = json.loads((z.work / "eval.json").read_text())
+    ev = json.loads(z.kept("eval.json").read_text())
     bb, sev = ev["backbone"], str(z.spec.severity)
     own_clean = bb["meta"].get("own_clean", {})
     rows = []
@@ -338,7 +362,7 @@ def section_main(z: Zoo, png: Path) -> dict[str, Any]:
                 "patched_ta": own_clean.get(c),
                 "patched_ra": bb["corrupted"][c][sev].get("own"),
                 "signature_bytes": sig.nbytes,
-                "signature_file_bytes": (z.work / "signatures" / f"{c}.safetensors").stat().st_size,
+                "signature_file_bytes": z.kept(f"signatures/{c}.safetensors").stat().st_size,
                 "signature_fp32_bytes": 4 * sig.numel,
             }
         )
@@ -1244,7 +1268,7 @@ def _recorded_transfer(
     """(rows, backbone TA, test images) of section 8b from the other entry's ``eval.json``,
     when its evaluation measured the transferred signatures on its whole test set (with
     ``--other-limit`` given, or without the record, the section measures them itself)."""
-    path = o.work / "eval.json"
+    path = o.kept("eval.json")
     if o.args.limit is not None or not path.exists():
         return None
     ev = json.loads(path.read_text())

@@ -359,6 +359,19 @@ def test_across_data_sets(bn_zoo: dict[str, Path], tmp_path: Path) -> None:
         assert r2["rows"][c]["transferred"] == ev["transferred"]["corruptions"][c]["ra"]
         assert r2["rows"][c]["robust"] == ev["robust_models"][c]["corrupted"]
     assert r2["cosine"] == r["cosine"]
+    # both work folders gone (a fresh clone): the exported folders' signatures, backbones and
+    # recorded evaluation give the same section
+    ZooBuilder(adopted, progress=False).run(("export",))
+    gone = ["--work", str(tmp_path / "gone"), "--other-work", str(tmp_path / "gone-too")]
+    kept = ["--folder", str(bn_zoo["folder"]), "--other-folder", spec.export]
+    rest = ["--out", str(out / "shipped"), "--doc", str(out / "shipped.md"), "--threads", "1"]
+    assert R.main(["datasets", *gone, *kept, *rest]) == 0
+    r3 = json.loads((out / "shipped" / "datasets.json").read_text())
+    assert r3["source"] == "eval.json"
+    assert r3["rows"] == r2["rows"] and r3["cosine"] == r2["cosine"]
+    assert R.main(["main", *gone[:2], *kept[:2], *rest]) == 0  # section 1 reads eval.json
+    with pytest.raises(SystemExit, match="needs the entry's checkpoints"):
+        R.main(["layers", *gone[:2], *kept[:2], *rest])  # the robust models are gone
     # another lineage: refused
     foreign = tmp_path / "foreign-work"
     (foreign / "signatures").mkdir(parents=True)
