@@ -101,7 +101,7 @@ def vgg16_cifar(num_classes: int = 10, width: float = 1.0, **kwargs: Any) -> nn.
     return VGGCifar(num_classes=num_classes, width=width, **kwargs)
 
 
-@register_model("vgg16_bn_cifar", recommended_units=6)
+@register_model("vgg16_bn_cifar", recommended_units=5)
 def vgg16_bn_cifar(num_classes: int = 10, width: float = 1.0, **kwargs: Any) -> nn.Module:
     """VGG-16 with batch norm after every conv (32x32 variant, GAP + one linear layer)."""
     return VGGCifar(num_classes=num_classes, width=width, batch_norm=True, **kwargs)
