@@ -53,6 +53,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,6 +86,7 @@ __all__ = [
     "ServeError",
     "build_archive",
     "find_handler",
+    "free_port_pair",
     "free_ports",
     "read_key_expiry",
     "read_keys",
@@ -813,6 +815,25 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def free_port_pair(host: str = "127.0.0.1", avoid: Sequence[int] = (), tries: int = 64) -> int:
+    """A port ``p`` with ``p`` and ``p + 1`` both free on ``host`` right now and neither in
+    ``avoid`` (TorchServe binds its gRPC management API on the inference port + 1, so a free
+    ``p`` alone may leave ``p + 1`` taken and the server dying with "Address already in use")."""
+    for _ in range(tries):
+        with socket.socket() as a:
+            a.bind((host, 0))
+            p = a.getsockname()[1]
+            if p + 1 > 65535 or p in avoid or p + 1 in avoid:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind((host, p + 1))
+                except OSError:
+                    continue
+                return p
+    raise OSError(f"no two consecutive free ports on {host} after {tries} tries")
+
+
 def start_on_free_ports(
     folder: str | Path,
     run_dir: str | Path,
@@ -825,7 +846,8 @@ def start_on_free_ports(
     and the two gRPC ports) and wait until READY; ``options`` are further
     :class:`ServeOptions` fields (``batch_size``, ``settings``, ...). Benchmarks and tests use
     this to run next to other servers."""
-    port, mport, xport, gport = free_ports(4)
+    port, mport, xport = free_ports(3)
+    gport = free_port_pair(avoid=(port, mport, xport))
     opts = ServeOptions(
         folder=Path(folder),
         run_dir=Path(run_dir),

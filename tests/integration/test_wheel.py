@@ -31,6 +31,7 @@ from helpers.serving import (
     HAVE_TORCHSERVE,
     b64,
     expected,
+    free_port_pair,
     free_ports,
     png,
     same_answer,
@@ -118,7 +119,8 @@ def test_no_folder_outside_a_checkout_says_a_folder_is_needed(installed) -> None
 
 
 def test_rws_serve_from_the_wheel_answers_like_the_engine(installed, folder, tmp_path) -> None:
-    port, mport, xport, gport = free_ports(4)
+    port, mport, xport = free_ports(3)
+    gport = free_port_pair(avoid=(port, mport, xport))
     run_dir = tmp_path / "serve"
     cmd = [*installed["rws"], "serve", str(folder), "--run-dir", str(run_dir), "--name", "toy"]
     cmd += ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(xport)]

@@ -75,3 +75,19 @@ def test_the_backend_port_is_chosen_once_and_only_with_the_gateway(tmp_path: Pat
     )
     direct.choose_backend_port()
     assert direct.backend_port is None and direct.backend_url == direct.inference_url
+
+
+def test_free_port_pair_leaves_the_grpc_management_port_free() -> None:
+    """TorchServe binds gRPC management on the inference port + 1: the pair is free, and a
+    taken p + 1 or an avoided port is never chosen."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        for _ in range(20):
+            p = serving.free_port_pair(avoid=(taken,))
+            assert p != taken and p + 1 != taken
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 1))
