@@ -88,6 +88,7 @@ __all__ = [
     "find_handler",
     "free_port_pair",
     "free_ports",
+    "free_server_ports",
     "read_key_expiry",
     "read_keys",
     "response_limit",
@@ -227,7 +228,9 @@ class ServeOptions:
         """With the gateway on, pick a free loopback port for TorchServe's inference API
         (unless one is set)."""
         if self.gateway and self.backend_port is None:
-            self.backend_port = free_ports(1)[0]
+            taken = (self.port, self.management_port, self.metrics_port)
+            taken += (self.grpc_port, self.grpc_port + 1)
+            self.backend_port = free_ports(1, avoid=taken)[0]
 
     @property
     def management_url(self) -> str:
@@ -803,13 +806,19 @@ def stop(run_dir: str | Path, timeout: float = 30.0) -> bool:
     return was_alive
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports that are free on ``host`` right now."""
-    socks = [socket.socket() for _ in range(n)]
+def free_ports(n: int, host: str = "127.0.0.1", avoid: Sequence[int] = ()) -> list[int]:
+    """``n`` distinct TCP ports that are free on ``host`` right now, none of them in ``avoid``
+    (ports another server of the same run is configured on but has not bound yet)."""
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
+        while len(socks) < n:
+            s = socket.socket()
+            socks.append(s)  # a port in avoid stays bound until the end, so it is not drawn again
             s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
+        ports = [s.getsockname()[1] for s in socks if s.getsockname()[1] not in avoid]
+        if len(ports) < n:
+            return ports + free_ports(n - len(ports), host, (*avoid, *ports))
+        return ports
     finally:
         for s in socks:
             s.close()
@@ -817,21 +826,26 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def free_port_pair(host: str = "127.0.0.1", avoid: Sequence[int] = (), tries: int = 64) -> int:
     """A port ``p`` with ``p`` and ``p + 1`` both free on ``host`` right now and neither in
-    ``avoid`` (TorchServe binds its gRPC management API on the inference port + 1, so a free
-    ``p`` alone may leave ``p + 1`` taken and the server dying with "Address already in use")."""
+    ``avoid`` (TorchServe binds its gRPC management API on the gRPC port + 1, so a free ``p``
+    alone may leave ``p + 1`` taken and the server dying with "Address already in use")."""
     for _ in range(tries):
-        with socket.socket() as a:
-            a.bind((host, 0))
-            p = a.getsockname()[1]
-            if p + 1 > 65535 or p in avoid or p + 1 in avoid:
+        (p,) = free_ports(1, host, avoid)
+        if p + 1 > 65535 or p + 1 in avoid:
+            continue
+        with socket.socket() as b:
+            try:
+                b.bind((host, p + 1))
+            except OSError:
                 continue
-            with socket.socket() as b:
-                try:
-                    b.bind((host, p + 1))
-                except OSError:
-                    continue
-                return p
+            return p
     raise OSError(f"no two consecutive free ports on {host} after {tries} tries")
+
+
+def free_server_ports(host: str = "127.0.0.1") -> tuple[int, int, int, int]:
+    """Inference, management, metrics and gRPC ports for one TorchServe, free right now; the
+    gRPC port's neighbour (gRPC management) is free too."""
+    port, mport, xport = free_ports(3, host)
+    return port, mport, xport, free_port_pair(host, avoid=(port, mport, xport))
 
 
 def start_on_free_ports(
@@ -846,8 +860,7 @@ def start_on_free_ports(
     and the two gRPC ports) and wait until READY; ``options`` are further
     :class:`ServeOptions` fields (``batch_size``, ``settings``, ...). Benchmarks and tests use
     this to run next to other servers."""
-    port, mport, xport = free_ports(3)
-    gport = free_port_pair(avoid=(port, mport, xport))
+    port, mport, xport, gport = free_server_ports()
     opts = ServeOptions(
         folder=Path(folder),
         run_dir=Path(run_dir),

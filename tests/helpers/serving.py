@@ -23,7 +23,7 @@ from rws_hub.launch import torchserve as serving
 from rws_hub.launch.client import b64, describe, session, worker_pids, workers
 from rws_hub.launch.processes import pid_alive
 from rws_hub.launch.soak import expected, png, same_answer
-from rws_hub.launch.torchserve import free_port_pair, free_ports
+from rws_hub.launch.torchserve import free_ports, free_server_ports
 from rws_hub.zoo.toy import TOY_SIGNATURES as NAMES
 from rws_hub.zoo.toy import add_toy_detector as add_test_detector
 from rws_hub.zoo.toy import make_toy_folder as make_serving_folder
@@ -38,8 +38,8 @@ __all__ = [
     "b64",
     "describe",
     "expected",
-    "free_port_pair",
     "free_ports",
+    "free_server_ports",
     "make_serving_folder",
     "png",
     "same_answer",

@@ -22,8 +22,7 @@ from helpers.serving import (  # noqa: E402
     NAMES,
     assert_same,
     expected,
-    free_port_pair,
-    free_ports,
+    free_server_ports,
     make_serving_folder,
     png,
     running_server,
@@ -219,8 +218,7 @@ def test_describe_lists_signatures(server):
 def test_kservev2_envelope_via_cli(folder, engine, tmp_path):
     """The KServe v2 envelope, started by the CLI without the gateway (TorchServe on the
     public port, as KServe runs the archive)."""
-    port, mport, xport = free_ports(3)
-    gport = free_port_pair(avoid=(port, mport, xport))
+    port, mport, xport, gport = free_server_ports()
     run_dir = tmp_path / "kserve"
     argv = ["serve", str(folder), "--run-dir", str(run_dir), "--name", "tiny2", "--kservev2"]
     argv += ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(xport)]

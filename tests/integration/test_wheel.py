@@ -31,8 +31,8 @@ from helpers.serving import (
     HAVE_TORCHSERVE,
     b64,
     expected,
-    free_port_pair,
     free_ports,
+    free_server_ports,
     png,
     same_answer,
     sigint_default,
@@ -119,8 +119,7 @@ def test_no_folder_outside_a_checkout_says_a_folder_is_needed(installed) -> None
 
 
 def test_rws_serve_from_the_wheel_answers_like_the_engine(installed, folder, tmp_path) -> None:
-    port, mport, xport = free_ports(3)
-    gport = free_port_pair(avoid=(port, mport, xport))
+    port, mport, xport, gport = free_server_ports()
     run_dir = tmp_path / "serve"
     cmd = [*installed["rws"], "serve", str(folder), "--run-dir", str(run_dir), "--name", "toy"]
     cmd += ["--port", str(port), "--management-port", str(mport), "--metrics-port", str(xport)]
